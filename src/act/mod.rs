@@ -1,0 +1,133 @@
+//! Running one action once, and saying how it went: [`Outcome::Ok`] (with the answer a sync
+//! rule replies with), [`Outcome::Retry`] or [`Outcome::Fail`] (permanent). Retry policy,
+//! scheduling and records belong to [`crate::deliver`], not here.
+
+pub mod command;
+pub mod forward;
+pub mod plugin;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::config::{Action, Rule, Snapshot};
+use crate::receive::Callback;
+use crate::template::Context;
+
+/// At most this much of a command's stdout and stderr (each) or a forward's response body is
+/// kept for the log and the delivery record.
+pub const OUTPUT_CAP: usize = 64 * 1024;
+
+/// An event a plugin asked to route like a callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emitted {
+    pub name: String,
+    pub payload: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done. `answer` is what a sync rule replies with (command stdout, forward 2xx body, plugin
+    /// response); `emit` are events to route next.
+    Ok {
+        answer: Option<Bytes>,
+        emit: Vec<Emitted>,
+    },
+    /// Worth trying again, after `after` if the other side said so.
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// Trying again will not help.
+    Fail { reason: String },
+}
+
+impl Outcome {
+    pub fn ok(answer: Option<Bytes>) -> Self {
+        Outcome::Ok {
+            answer,
+            emit: Vec::new(),
+        }
+    }
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Outcome::Retry {
+            reason: reason.into(),
+            after: None,
+        }
+    }
+    pub fn fail(reason: impl Into<String>) -> Self {
+        Outcome::Fail {
+            reason: reason.into(),
+        }
+    }
+    /// A short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Ok { .. } => "ok",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Fail { .. } => "failed",
+        }
+    }
+}
+
+/// What one run reports: the outcome and, for the record, what the action printed or answered.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub outcome: Outcome,
+    pub output: Option<String>,
+}
+
+impl From<Outcome> for Report {
+    fn from(outcome: Outcome) -> Self {
+        Report {
+            outcome,
+            output: None,
+        }
+    }
+}
+
+/// Shared by every run: the HTTP client (one connection pool) and the plugin host.
+#[derive(Clone)]
+pub struct Actors {
+    pub http: reqwest::Client,
+    pub plugins: plugin::Plugins,
+}
+
+/// One run of one rule's action for one callback.
+pub struct Run<'a> {
+    pub snapshot: &'a Snapshot,
+    pub rule: &'a Rule,
+    pub callback: &'a Callback,
+    pub delivery_id: &'a str,
+}
+
+impl Run<'_> {
+    pub fn context(&self) -> Context {
+        Context::new(
+            &self.callback.object,
+            self.callback.event(),
+            &String::from_utf8_lossy(&self.callback.raw),
+            Some(&self.rule.name),
+            Some(self.delivery_id),
+        )
+    }
+}
+
+impl Actors {
+    pub fn new(plugins: plugin::Plugins) -> anyhow::Result<Self> {
+        Ok(Actors {
+            http: forward::client()?,
+            plugins,
+        })
+    }
+
+    /// Runs the rule's action once, within the rule's timeout.
+    pub async fn run(&self, run: Run<'_>) -> Report {
+        let timeout = run.rule.timeout;
+        match &run.rule.action {
+            Action::Command(a) => command::run(a, &run, timeout).await,
+            Action::Forward(a) => forward::run(&self.http, a, &run, timeout).await,
+            Action::Plugin(a) => self.plugins.run(a, &run, timeout).await,
+        }
+    }
+}

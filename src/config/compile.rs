@@ -1,0 +1,704 @@
+//! Raw config → [`Snapshot`]: every value checked, every error collected with its position.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use globset::{Glob, GlobSetBuilder};
+use toml::Spanned;
+
+use super::raw::{RawAppId, RawConfig, RawRetry, RawRule};
+use super::units::{parse_duration, parse_size, resolve_secret};
+use super::*;
+use crate::events;
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_PATH: &str = "/callback";
+const DEFAULT_MAX_BODY: u64 = 1 << 20;
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(300);
+const DEFAULT_STORE_PATH: &str = "data/zimhook.redb";
+const DEFAULT_MAX_QUEUED: u64 = 100_000;
+const DEFAULT_WORKERS: u32 = 64;
+const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_millis(500);
+const DEFAULT_PLUGIN_MEMORY: u64 = 64 << 20;
+const DEFAULT_RULE_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
+    attempts: 8,
+    backoff: Duration::from_secs(1),
+    max_backoff: Duration::from_secs(600),
+};
+
+/// Collects diagnostics against one file's text.
+struct Checker<'a> {
+    file: &'a Path,
+    base: PathBuf,
+    text: &'a str,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn at(&self, span: Range<usize>, message: String) -> Diagnostic {
+        let (line, col) = position(self.text, span.start);
+        Diagnostic {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            message,
+        }
+    }
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let d = self.at(span, message.into());
+        self.errors.push(d);
+    }
+    fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let d = self.at(span, format!("warning: {}", message.into()));
+        self.warnings.push(d);
+    }
+
+    /// Parses an optional spanned duration, recording an error (and using `default`) if bad.
+    fn duration(&mut self, v: &Option<Spanned<String>>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(s.get_ref()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.error(s.span(), e);
+                    default
+                }
+            },
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.base.join(p)
+    }
+}
+
+pub(super) fn compile(file: &Path, text: &str, hash: String) -> Result<Snapshot, ConfigError> {
+    let base = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut c = Checker {
+        file,
+        base,
+        text,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().trim_end().to_string();
+            c.error(span, message);
+            return Err(ConfigError { errors: c.errors });
+        }
+    };
+
+    let server = server_settings(&mut c, &raw);
+    let admin = raw.admin.as_ref().and_then(|a| {
+        let listen = a.get_ref().listen.get_ref();
+        let parsed = if let Some(path) = listen.strip_prefix("unix:") {
+            Some(AdminListen::Unix(c.path(path)))
+        } else if listen.parse::<SocketAddr>().is_ok() {
+            Some(AdminListen::Tcp(listen.clone()))
+        } else {
+            c.error(
+                a.get_ref().listen.span(),
+                format!("admin.listen {listen:?}: expected \"unix:PATH\" or IP:PORT"),
+            );
+            None
+        };
+        parsed.map(|listen| AdminSettings { listen })
+    });
+    let verify = verify_settings(&mut c, &raw);
+    let store = StoreSettings {
+        path: c.path(
+            raw.store
+                .path
+                .as_ref()
+                .map(|p| p.get_ref().as_str())
+                .unwrap_or(DEFAULT_STORE_PATH),
+        ),
+        max_queued: raw
+            .store
+            .max_queued
+            .as_ref()
+            .map(|v| *v.get_ref())
+            .unwrap_or(DEFAULT_MAX_QUEUED),
+        workers: raw
+            .store
+            .workers
+            .as_ref()
+            .map(|v| *v.get_ref())
+            .unwrap_or(DEFAULT_WORKERS)
+            .max(1) as usize,
+    };
+    let plugins = PluginSettings {
+        timeout: c.duration(&raw.plugins.timeout, DEFAULT_PLUGIN_TIMEOUT),
+        memory: match &raw.plugins.memory {
+            None => DEFAULT_PLUGIN_MEMORY,
+            Some(m) => parse_size(m.get_ref()).unwrap_or_else(|e| {
+                c.error(m.span(), e);
+                DEFAULT_PLUGIN_MEMORY
+            }),
+        },
+        cache_dir: raw.plugins.cache_dir.as_ref().map(|p| c.path(p.get_ref())),
+    };
+    let log_level = raw.log.level.as_ref().map(|l| l.get_ref().clone());
+    if let Some(level) = &raw.log.level
+        && level
+            .get_ref()
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+    {
+        c.error(
+            level.span(),
+            format!("log.level {:?} is not a level or filter", level.get_ref()),
+        );
+    }
+
+    let default_timeout = c.duration(&raw.defaults.timeout, DEFAULT_RULE_TIMEOUT);
+    let default_retry = match &raw.defaults.retry {
+        Some(r) => retry_policy(&mut c, r, DEFAULT_RETRY),
+        None => DEFAULT_RETRY,
+    };
+
+    let mut templates = Templates::new();
+    let mut rules: Vec<Arc<Rule>> = Vec::new();
+    let mut names = BTreeSet::new();
+    for (index, raw_rule) in raw.rules.iter().enumerate() {
+        let rule = compile_rule(
+            &mut c,
+            &mut templates,
+            index,
+            raw_rule,
+            default_timeout,
+            default_retry,
+            &plugins,
+        );
+        if let Some(rule) = rule {
+            if !names.insert(rule.name.clone()) {
+                let span = raw_rule
+                    .get_ref()
+                    .name
+                    .as_ref()
+                    .map(|n| n.span())
+                    .unwrap_or(raw_rule.span());
+                c.error(span, format!("rule name {:?} is used twice", rule.name));
+            }
+            rules.push(Arc::new(rule));
+        }
+    }
+    check_sync_overlap(&mut c, &raw, &rules);
+
+    if !c.errors.is_empty() {
+        c.errors.sort_by_key(|d| (d.line, d.col));
+        return Err(ConfigError { errors: c.errors });
+    }
+    Ok(Snapshot {
+        path: file.to_path_buf(),
+        hash,
+        server,
+        admin,
+        verify,
+        store,
+        plugins,
+        log_level,
+        rules,
+        templates,
+        warnings: c.warnings,
+    })
+}
+
+fn server_settings(c: &mut Checker, raw: &RawConfig) -> ServerSettings {
+    let s = &raw.server;
+    let listen = match &s.listen {
+        None => Listen::Tcp(DEFAULT_LISTEN.into()),
+        Some(l) if l.get_ref() == "systemd" => Listen::Systemd,
+        Some(l) => {
+            if l.get_ref().parse::<SocketAddr>().is_err() {
+                c.error(
+                    l.span(),
+                    format!(
+                        "server.listen {:?}: expected IP:PORT (e.g. \"127.0.0.1:8080\") or \"systemd\"",
+                        l.get_ref()
+                    ),
+                );
+            }
+            Listen::Tcp(l.get_ref().clone())
+        }
+    };
+    let path = match &s.path {
+        None => DEFAULT_PATH.to_string(),
+        Some(p) => {
+            if !p.get_ref().starts_with('/') {
+                c.error(
+                    p.span(),
+                    format!("server.path {:?} must start with /", p.get_ref()),
+                );
+            }
+            p.get_ref().clone()
+        }
+    };
+    let max_body = match &s.max_body {
+        None => DEFAULT_MAX_BODY,
+        Some(m) => match parse_size(m.get_ref()) {
+            Ok(0) => {
+                c.error(m.span(), "server.max_body must be more than 0");
+                DEFAULT_MAX_BODY
+            }
+            Ok(n) => n,
+            Err(e) => {
+                c.error(m.span(), e);
+                DEFAULT_MAX_BODY
+            }
+        },
+    };
+    ServerSettings {
+        listen,
+        path,
+        max_body,
+        request_timeout: c.duration(&s.request_timeout, DEFAULT_REQUEST_TIMEOUT),
+        header_timeout: c.duration(&s.header_timeout, DEFAULT_HEADER_TIMEOUT),
+        max_connections: s
+            .max_connections
+            .as_ref()
+            .map(|m| *m.get_ref())
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+            .max(1) as usize,
+        shutdown_grace: c.duration(&s.shutdown_grace, DEFAULT_SHUTDOWN_GRACE),
+    }
+}
+
+fn verify_settings(c: &mut Checker, raw: &RawConfig) -> VerifySettings {
+    let Some(v) = &raw.verify else {
+        c.error(
+            0..0,
+            "[verify] is missing: set verify.secrets to your CallbackSecret (or insecure = true for local testing)",
+        );
+        return VerifySettings {
+            secrets: vec![],
+            max_skew: Some(DEFAULT_MAX_SKEW),
+            appids: vec![],
+            insecure: false,
+        };
+    };
+    let span = v.span();
+    let v = v.get_ref();
+    let insecure = v.insecure.as_ref().map(|i| *i.get_ref()).unwrap_or(false);
+    let mut secrets = Vec::new();
+    if let Some(list) = &v.secrets {
+        for s in list.get_ref() {
+            match resolve_secret(s.get_ref(), &c.base) {
+                Ok(secret) => secrets.push(secret),
+                Err(e) => c.error(s.span(), format!("verify.secrets: {e}")),
+            }
+        }
+    }
+    let secrets_given = v.secrets.as_ref().is_some_and(|l| !l.get_ref().is_empty());
+    if !secrets_given && !insecure {
+        let at = v.secrets.as_ref().map(|s| s.span()).unwrap_or(span);
+        c.error(
+            at,
+            "verify.secrets is empty: set your CallbackSecret (or insecure = true for local testing)",
+        );
+    }
+    if let Some(i) = &v.insecure
+        && *i.get_ref()
+    {
+        c.warn(
+            i.span(),
+            "verify.insecure = true: unsigned callbacks are accepted; for local testing only",
+        );
+    }
+    let max_skew = c.duration(&v.max_skew, DEFAULT_MAX_SKEW);
+    let appids = v
+        .appids
+        .iter()
+        .flatten()
+        .map(|a| match a.get_ref() {
+            RawAppId::Text(t) => t.clone(),
+            RawAppId::Number(n) => n.to_string(),
+        })
+        .collect();
+    VerifySettings {
+        secrets,
+        max_skew: (!max_skew.is_zero()).then_some(max_skew),
+        appids,
+        insecure,
+    }
+}
+
+fn retry_policy(c: &mut Checker, r: &Spanned<RawRetry>, base: RetryPolicy) -> RetryPolicy {
+    let raw = r.get_ref();
+    let policy = RetryPolicy {
+        attempts: raw
+            .attempts
+            .as_ref()
+            .map(|a| *a.get_ref())
+            .unwrap_or(base.attempts),
+        backoff: c.duration(&raw.backoff, base.backoff),
+        max_backoff: c.duration(&raw.max_backoff, base.max_backoff),
+    };
+    if policy.attempts == 0 {
+        let span = raw.attempts.as_ref().map(|a| a.span()).unwrap_or(r.span());
+        c.error(span, "retry.attempts must be at least 1 (1 = no retries)");
+    }
+    if policy.max_backoff < policy.backoff {
+        c.error(r.span(), "retry.max_backoff is shorter than retry.backoff");
+    }
+    policy
+}
+
+fn compile_rule(
+    c: &mut Checker,
+    templates: &mut Templates,
+    index: usize,
+    spanned: &Spanned<RawRule>,
+    default_timeout: Duration,
+    default_retry: RetryPolicy,
+    plugins: &PluginSettings,
+) -> Option<Rule> {
+    let r = spanned.get_ref();
+    let rule_span = spanned.span();
+    let errors_before = c.errors.len();
+    let name = match &r.name {
+        Some(n) if !n.get_ref().trim().is_empty() => n.get_ref().clone(),
+        Some(n) => {
+            c.error(n.span(), "rule name is empty");
+            format!("#{}", index + 1)
+        }
+        None => {
+            c.error(rule_span.clone(), "rule has no `name`");
+            format!("#{}", index + 1)
+        }
+    };
+    let line = position(c.text, rule_span.start).0;
+    let label = format!("rule {name:?}");
+
+    // events → one glob set
+    let mut events = Vec::new();
+    let mut builder = GlobSetBuilder::new();
+    match &r.events {
+        None => c.error(rule_span.clone(), format!("{label} has no `events`")),
+        Some(list) if list.get_ref().is_empty() => {
+            c.error(list.span(), format!("{label}: `events` is empty"))
+        }
+        Some(list) => {
+            for e in list.get_ref() {
+                let pattern = e.get_ref();
+                match Glob::new(pattern) {
+                    Ok(g) => {
+                        builder.add(g);
+                        events.push(pattern.clone());
+                        check_event_name(c, e);
+                    }
+                    Err(err) => c.error(
+                        e.span(),
+                        format!("{label}: event pattern {pattern:?}: {err}"),
+                    ),
+                }
+            }
+        }
+    }
+    let matcher = builder
+        .build()
+        .unwrap_or_else(|_| globset::GlobSet::empty());
+
+    let id = |part: &str| format!("{name}.{part}");
+    let template = |c: &mut Checker,
+                    templates: &mut Templates,
+                    part: &str,
+                    src: &Spanned<String>|
+     -> Option<TemplateId> {
+        match templates.add(&id(part), src.get_ref()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                c.error(
+                    src.span(),
+                    format!("{label}: {part}: {}", template_error(&e)),
+                );
+                None
+            }
+        }
+    };
+
+    let when =
+        r.when.as_ref().and_then(
+            |w| match templates.add_expression(&id("when"), w.get_ref()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    c.error(w.span(), format!("{label}: when: {}", template_error(&e)));
+                    None
+                }
+            },
+        );
+    let sync = r.sync.as_ref().map(|s| *s.get_ref()).unwrap_or(false);
+    let fallback = r.fallback.as_ref().and_then(|f| {
+        if !sync {
+            c.error(
+                f.span(),
+                format!("{label}: `fallback` applies to sync rules only (add sync = true)"),
+            );
+        }
+        match serde_json::from_str::<serde_json::Value>(f.get_ref()) {
+            Ok(_) => Some(Bytes::from(f.get_ref().clone())),
+            Err(e) => {
+                c.error(f.span(), format!("{label}: fallback is not JSON: {e}"));
+                None
+            }
+        }
+    });
+    let order_by = r.order_by.as_ref().and_then(|o| {
+        if sync {
+            c.error(
+                o.span(),
+                format!("{label}: `order_by` applies to queued rules only"),
+            );
+        }
+        template(c, templates, "order_by", o)
+    });
+    let concurrency = r.concurrency.as_ref().and_then(|n| {
+        if *n.get_ref() == 0 {
+            c.error(n.span(), format!("{label}: concurrency must be at least 1"));
+            None
+        } else {
+            Some(Arc::new(tokio::sync::Semaphore::new(*n.get_ref() as usize)))
+        }
+    });
+    let retry = match &r.retry {
+        Some(rr) => retry_policy(c, rr, default_retry),
+        None => default_retry,
+    };
+
+    // exactly one action
+    let given: Vec<(&str, Range<usize>)> = [
+        ("command", r.command.as_ref().map(|v| v.span())),
+        ("forward", r.forward.as_ref().map(|v| v.span())),
+        ("plugin", r.plugin.as_ref().map(|v| v.span())),
+    ]
+    .into_iter()
+    .filter_map(|(k, s)| s.map(|s| (k, s)))
+    .collect();
+    let kind = match given.as_slice() {
+        [] => {
+            c.error(
+                rule_span.clone(),
+                format!("{label} has no action: set one of `command`, `forward` or `plugin`"),
+            );
+            None
+        }
+        [(k, _)] => Some(*k),
+        [_, (_, s2), ..] => {
+            let keys: Vec<_> = given.iter().map(|(k, _)| format!("`{k}`")).collect();
+            c.error(s2.clone(), format!("{label} has {} actions ({}): a rule has exactly one of `command`, `forward` or `plugin`", given.len(), keys.join(", ")));
+            None
+        }
+    };
+    // keys that belong to another action kind
+    let owned: [(&str, &str, Option<Range<usize>>); 6] = [
+        ("env", "command", r.env.as_ref().map(|v| v.span())),
+        ("workdir", "command", r.workdir.as_ref().map(|v| v.span())),
+        ("method", "forward", r.method.as_ref().map(|v| v.span())),
+        ("headers", "forward", r.headers.as_ref().map(|v| v.span())),
+        ("body", "forward", r.body.as_ref().map(|v| v.span())),
+        ("config", "plugin", r.config.as_ref().map(|v| v.span())),
+    ];
+    if let Some(kind) = kind {
+        for (key, owner, span) in owned {
+            if let Some(span) = span
+                && owner != kind
+            {
+                c.error(
+                    span,
+                    format!("{label}: `{key}` applies to {owner} rules, this is a {kind} rule"),
+                );
+            }
+        }
+    }
+
+    let action = match kind {
+        Some("command") => {
+            let argv_src = r.command.as_ref().expect("kind says command");
+            if argv_src.get_ref().is_empty() {
+                c.error(
+                    argv_src.span(),
+                    format!("{label}: `command` is empty: give the program and its arguments"),
+                );
+            }
+            let argv: Vec<_> = argv_src
+                .get_ref()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| template(c, templates, &format!("command[{i}]"), a))
+                .collect();
+            let env: Vec<_> = r
+                .env
+                .iter()
+                .flat_map(|e| e.get_ref().iter())
+                .filter_map(|(k, v)| {
+                    template(c, templates, &format!("env.{k}"), v).map(|t| (k.clone(), t))
+                })
+                .collect();
+            let workdir = r.workdir.as_ref().map(|w| c.path(w.get_ref()));
+            Some(Action::Command(CommandAction { argv, env, workdir }))
+        }
+        Some("forward") => {
+            let url_src = r.forward.as_ref().expect("kind says forward");
+            let url = template(c, templates, "forward", url_src);
+            if !url_src.get_ref().contains("{{")
+                && reqwest::Url::parse(url_src.get_ref())
+                    .map(|u| !matches!(u.scheme(), "http" | "https"))
+                    .unwrap_or(true)
+            {
+                c.error(
+                    url_src.span(),
+                    format!(
+                        "{label}: forward {:?} is not an http(s) URL",
+                        url_src.get_ref()
+                    ),
+                );
+            }
+            let method = match &r.method {
+                None => reqwest::Method::POST,
+                Some(m) => reqwest::Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes())
+                    .unwrap_or_else(|_| {
+                        c.error(
+                            m.span(),
+                            format!("{label}: method {:?} is not an HTTP method", m.get_ref()),
+                        );
+                        reqwest::Method::POST
+                    }),
+            };
+            let mut headers = Vec::new();
+            for (k, v) in r.headers.iter().flat_map(|h| h.get_ref().iter()) {
+                match reqwest::header::HeaderName::from_bytes(k.as_bytes()) {
+                    Ok(h) => {
+                        if let Some(t) = template(c, templates, &format!("headers.{k}"), v) {
+                            headers.push((h, t));
+                        }
+                    }
+                    Err(_) => c.error(
+                        v.span(),
+                        format!("{label}: {k:?} is not a valid header name"),
+                    ),
+                }
+            }
+            let body = r
+                .body
+                .as_ref()
+                .and_then(|b| template(c, templates, "body", b));
+            url.map(|url| {
+                Action::Forward(ForwardAction {
+                    url,
+                    method,
+                    headers,
+                    body,
+                })
+            })
+        }
+        Some("plugin") => {
+            let p = r.plugin.as_ref().expect("kind says plugin");
+            let path = c.path(p.get_ref());
+            if !path.is_file() {
+                c.error(
+                    p.span(),
+                    format!("{label}: plugin file {} not found", path.display()),
+                );
+            }
+            let config = match &r.config {
+                None => "{}".to_string(),
+                Some(v) => serde_json::to_string(v.get_ref()).unwrap_or_else(|e| {
+                    c.error(
+                        v.span(),
+                        format!("{label}: config cannot be turned into JSON: {e}"),
+                    );
+                    "{}".into()
+                }),
+            };
+            Some(Action::Plugin(PluginAction { path, config }))
+        }
+        _ => None,
+    };
+
+    if c.errors.len() > errors_before {
+        return None;
+    }
+    Some(Rule {
+        name,
+        line,
+        events,
+        matcher,
+        when,
+        sync,
+        fallback,
+        timeout: match &r.timeout {
+            Some(_) => c.duration(&r.timeout, default_timeout),
+            None if kind == Some("plugin") => plugins.timeout,
+            None => default_timeout,
+        },
+        retry,
+        concurrency,
+        order_by,
+        action: action?,
+    })
+}
+
+/// minijinja's reason, with its line inside the template where that helps.
+fn template_error(e: &minijinja::Error) -> String {
+    let mut msg = e.kind().to_string();
+    if let Some(detail) = e.detail() {
+        msg = format!("{msg}: {detail}");
+    }
+    msg
+}
+
+fn check_event_name(c: &mut Checker, e: &Spanned<String>) {
+    let pattern = e.get_ref();
+    let is_glob = pattern.contains(['*', '?', '[', '{']);
+    if is_glob {
+        let glob = Glob::new(pattern).map(|g| g.compile_matcher());
+        if let Ok(m) = glob
+            && !events::all().any(|name| m.is_match(name))
+        {
+            c.warn(e.span(), format!("event pattern {pattern:?} matches no known event (fine if a plugin emits such events)"));
+        }
+    } else if !events::is_known(pattern) {
+        let msg = match events::suggest(pattern) {
+            Some(s) => format!("event {pattern:?} is in no catalog: did you mean {s:?}?"),
+            None => format!("event {pattern:?} is in no catalog (fine if a plugin emits it)"),
+        };
+        c.warn(e.span(), msg);
+    }
+}
+
+/// Two sync rules that match the same event: only the first answers; say so.
+fn check_sync_overlap(c: &mut Checker, raw: &RawConfig, rules: &[Arc<Rule>]) {
+    let sync: Vec<(usize, &Arc<Rule>)> = rules.iter().enumerate().filter(|(_, r)| r.sync).collect();
+    for (i, (_, a)) in sync.iter().enumerate() {
+        for (bi, b) in sync.iter().skip(i + 1) {
+            let shared = events::all()
+                .map(|e| -> &str { e })
+                .chain(a.events.iter().map(String::as_str))
+                .chain(b.events.iter().map(String::as_str))
+                .find(|e| a.matches_event(e) && b.matches_event(e));
+            if let Some(event) = shared {
+                let span = raw.rules.get(*bi).map(|r| r.span()).unwrap_or(0..0);
+                let event = event.to_string();
+                c.warn(span, format!("sync rules {:?} (line {}) and {:?} both answer {event:?}: only {:?}, the first, is used for the reply", a.name, a.line, b.name, a.name));
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! `zimhook run`: loads the config, opens the store, binds the listener, serves until SIGTERM or
+//! SIGINT, then drains.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::act::plugin::Plugins;
+use crate::app::App;
+use crate::config::{self, ConfigError, Listen, Snapshot};
+use crate::deliver::{MemoryStore, Store};
+use crate::server;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0:#}")]
+    Runtime(#[from] anyhow::Error),
+}
+
+/// Loads the config at `path` (positions in every error).
+pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
+    let snapshot = config::load(path)?;
+    for w in &snapshot.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(snapshot)
+}
+
+/// Binds the configured listener.
+pub async fn bind(listen: &Listen) -> anyhow::Result<TcpListener> {
+    match listen {
+        Listen::Tcp(addr) => TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}")),
+        Listen::Systemd => {
+            let mut fds = listenfd::ListenFd::from_env();
+            let std = fds.take_tcp_listener(0)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "server.listen is \"systemd\" but no socket was passed (LISTEN_FDS)"
+                )
+            })?;
+            std.set_nonblocking(true)?;
+            Ok(TcpListener::from_std(std)?)
+        }
+    }
+}
+
+pub async fn run(path: &Path) -> Result<(), DaemonError> {
+    let snapshot = load(path)?;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let listener = bind(&snapshot.server.listen).await?;
+    let grace = snapshot.server.shutdown_grace;
+    let rules = snapshot.rules.len();
+    let hash = snapshot.hash[..12].to_string();
+    let app = App::new(snapshot, store, Plugins::default())?;
+    app.queue.start();
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        config = %path.display(),
+        config_hash = %hash,
+        rules,
+        "zimhook listening"
+    );
+    let mut term = signal(SignalKind::terminate()).map_err(anyhow::Error::from)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(anyhow::Error::from)?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    };
+    server::serve(listener, app.clone(), shutdown).await?;
+    app.set_ready(false);
+    if !app.queue.shutdown(grace).await {
+        tracing::warn!("deliveries still running after the grace period stay queued");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

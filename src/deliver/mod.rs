@@ -1,0 +1,732 @@
+//! Queued deliveries: at-least-once. A delivery is one rule to run for one callback; it is
+//! written to the [`Store`] before the callback is answered, then workers run it, retry it with
+//! exponential backoff and full jitter, and turn it into a dead letter when its attempts run out
+//! or it fails for good. What an action does is not this module's business: see [`crate::act`].
+//!
+//! The scheduler keeps an in-memory index of the pending deliveries (due time, per-rule
+//! concurrency, `order_by` chains); the store is the truth it is rebuilt from on start.
+
+pub mod store;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::act::{Actors, Emitted, Outcome, Run};
+use crate::config::{RetryPolicy, Rule, Snapshot};
+use crate::receive::Callback;
+use crate::route;
+pub use store::{Accepted, MemoryStore, ReplayEntry, Seen, Store, StoreError};
+
+/// Events emitted by plugins are routed again up to this depth; deeper ones are dropped.
+pub const MAX_EMIT_DEPTH: u8 = 4;
+/// Attempts kept in a delivery's history (the newest).
+const HISTORY: usize = 10;
+/// Due deliveries looked at per scheduling round.
+const SCAN: usize = 1024;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A new delivery id: time-ordered, unique, stable across retries (forwards send it as
+/// `X-Zimhook-Delivery`, an idempotency key).
+pub fn new_id() -> String {
+    format!("{:012x}{:016x}", now_ms(), rand::random::<u64>())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Dead,
+}
+
+/// One attempt, for the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub at_ms: u64,
+    pub duration_ms: u64,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub output: Option<String>,
+}
+
+/// One rule to run for one callback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: String,
+    pub rule: String,
+    pub event: String,
+    /// The callback body as received (or an emitted event's payload).
+    pub body: String,
+    pub order_key: Option<String>,
+    /// 0 for a callback; n for an event emitted n plugin runs away from one.
+    pub depth: u8,
+    pub created_ms: u64,
+    pub due_ms: u64,
+    pub attempts: u32,
+    pub state: DeliveryState,
+    pub last_error: Option<String>,
+    pub history: Vec<AttemptRecord>,
+}
+
+impl Delivery {
+    /// Decodes the stored body back into the callback the rule runs on.
+    pub fn callback(&self) -> Result<Callback, crate::receive::DecodeError> {
+        let mut cb = Callback::decode(Bytes::from(self.body.clone()))?;
+        cb.envelope.event = Some(self.event.clone());
+        Ok(cb)
+    }
+}
+
+/// Builds the deliveries of `rules` for one callback.
+pub fn deliveries_for(
+    snapshot: &Snapshot,
+    callback: &Callback,
+    rules: &[Arc<Rule>],
+    depth: u8,
+) -> Vec<Delivery> {
+    let now = now_ms();
+    let body = String::from_utf8_lossy(&callback.raw).into_owned();
+    rules
+        .iter()
+        .map(|rule| {
+            let id = new_id();
+            let order_key = rule.order_by.as_ref().and_then(|t| {
+                let ctx = route::context(callback, Some((&rule.name, &id)));
+                match snapshot.templates.render(t, &ctx) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        tracing::warn!(rule = %rule.name, error = %e, "order_by failed; delivery is not ordered");
+                        None
+                    }
+                }
+            });
+            Delivery {
+                id,
+                rule: rule.name.clone(),
+                event: callback.event().to_string(),
+                body: body.clone(),
+                order_key,
+                depth,
+                created_ms: now,
+                due_ms: now,
+                attempts: 0,
+                state: DeliveryState::Pending,
+                last_error: None,
+                history: Vec::new(),
+            }
+        })
+        .collect()
+}
+
+/// Routes events a plugin emitted: each through the rules like a callback (no signature, sync
+/// rules queued), `depth` counting how far from the original callback it is.
+pub fn deliveries_for_emitted(
+    snapshot: &Snapshot,
+    emitted: &[Emitted],
+    depth: u8,
+) -> Vec<Delivery> {
+    if emitted.is_empty() {
+        return Vec::new();
+    }
+    if depth > MAX_EMIT_DEPTH {
+        tracing::warn!(
+            depth,
+            count = emitted.len(),
+            "emitted events dropped: depth limit {MAX_EMIT_DEPTH} reached"
+        );
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for e in emitted {
+        match Callback::emitted(&e.name, &e.payload) {
+            Ok(cb) => {
+                let plan = route::plan(snapshot, &cb, false);
+                out.extend(deliveries_for(snapshot, &cb, &plan.queued, depth));
+            }
+            Err(err) => {
+                tracing::warn!(event = %e.name, error = %err, "emitted event dropped: payload is not a JSON object")
+            }
+        }
+    }
+    out
+}
+
+/// Why deliveries were not accepted; both answer 503 with `Retry-After`.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("queue is full ({0} pending deliveries)")]
+    Full(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Counters the queue keeps for status lines and metrics.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    pub succeeded: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+/// The delivery queue: accepts deliveries durably, runs them with workers.
+#[derive(Clone)]
+pub struct DeliveryQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    sched: Mutex<Sched>,
+    wake: Notify,
+    live: Arc<ArcSwap<Snapshot>>,
+    actors: Actors,
+    workers: Arc<Semaphore>,
+    max_queued: usize,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    stats: QueueStats,
+}
+
+#[derive(Default)]
+struct Sched {
+    seq: u64,
+    /// Not running, by (due, arrival).
+    by_due: BTreeSet<(u64, u64, String)>,
+    items: HashMap<String, Item>,
+    /// Deliveries of one rule with one `order_by` key, in arrival order: only the first runs.
+    chains: HashMap<(String, String), VecDeque<String>>,
+}
+
+struct Item {
+    delivery: Delivery,
+    seq: u64,
+    running: bool,
+}
+
+impl Sched {
+    fn insert(&mut self, d: Delivery) {
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some(key) = &d.order_key {
+            self.chains
+                .entry((d.rule.clone(), key.clone()))
+                .or_default()
+                .push_back(d.id.clone());
+        }
+        self.by_due.insert((d.due_ms, seq, d.id.clone()));
+        self.items.insert(
+            d.id.clone(),
+            Item {
+                delivery: d,
+                seq,
+                running: false,
+            },
+        );
+    }
+
+    /// Puts a delivery back after a failed attempt (it keeps its place in its chain).
+    fn reschedule(&mut self, d: Delivery) {
+        if let Some(item) = self.items.get_mut(&d.id) {
+            item.running = false;
+            self.by_due.insert((d.due_ms, item.seq, d.id.clone()));
+            item.delivery = d;
+        }
+    }
+
+    /// Forgets a delivery (done, dead or dropped).
+    fn remove(&mut self, id: &str) -> Option<Delivery> {
+        let item = self.items.remove(id)?;
+        self.by_due
+            .remove(&(item.delivery.due_ms, item.seq, id.to_string()));
+        if let Some(key) = &item.delivery.order_key {
+            let chain_key = (item.delivery.rule.clone(), key.clone());
+            if let Some(chain) = self.chains.get_mut(&chain_key) {
+                chain.retain(|x| x != id);
+                if chain.is_empty() {
+                    self.chains.remove(&chain_key);
+                }
+            }
+        }
+        Some(item.delivery)
+    }
+
+    fn blocked_by_order(&self, d: &Delivery) -> bool {
+        match &d.order_key {
+            None => false,
+            Some(key) => self
+                .chains
+                .get(&(d.rule.clone(), key.clone()))
+                .and_then(|c| c.front())
+                .is_some_and(|first| *first != d.id),
+        }
+    }
+}
+
+impl DeliveryQueue {
+    /// Opens the queue on `store`, resuming every pending delivery it holds (deliveries that
+    /// were running when the daemon stopped are due again: at-least-once).
+    pub fn new(
+        store: Arc<dyn Store>,
+        live: Arc<ArcSwap<Snapshot>>,
+        actors: Actors,
+    ) -> Result<Self, StoreError> {
+        let snapshot = live.load();
+        let mut sched = Sched::default();
+        let mut pending = store.pending()?;
+        pending.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        for d in pending {
+            sched.insert(d);
+        }
+        let inner = Inner {
+            store,
+            sched: Mutex::new(sched),
+            wake: Notify::new(),
+            workers: Arc::new(Semaphore::new(snapshot.store.workers)),
+            max_queued: snapshot.store.max_queued as usize,
+            live,
+            actors,
+            tracker: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            stats: QueueStats::default(),
+        };
+        Ok(DeliveryQueue {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn stats(&self) -> &QueueStats {
+        &self.inner.stats
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.inner.sched.lock().expect("sched lock").items.len()
+    }
+
+    /// Pending deliveries, oldest first.
+    pub fn pending(&self) -> Vec<Delivery> {
+        let s = self.inner.sched.lock().expect("sched lock");
+        let mut v: Vec<_> = s
+            .items
+            .values()
+            .map(|i| (i.seq, i.delivery.clone()))
+            .collect();
+        v.sort_by_key(|(seq, _)| *seq);
+        v.into_iter().map(|(_, d)| d).collect()
+    }
+
+    pub async fn check_replay(&self, key: Vec<u8>) -> Result<Option<Seen>, StoreError> {
+        let store = self.inner.store.clone();
+        blocking(move || store.check_replay(&key, now_ms())).await
+    }
+
+    /// Durably records the replay entry and the deliveries, then schedules them.
+    pub async fn accept(
+        &self,
+        replay: Option<ReplayEntry>,
+        deliveries: Vec<Delivery>,
+    ) -> Result<Accepted, AcceptError> {
+        let pending = self.pending_len();
+        if !deliveries.is_empty() && pending + deliveries.len() > self.inner.max_queued {
+            return Err(AcceptError::Full(pending));
+        }
+        let store = self.inner.store.clone();
+        let (accepted, deliveries) = blocking(move || {
+            store
+                .accept(replay.as_ref(), &deliveries, now_ms())
+                .map(|a| (a, deliveries))
+        })
+        .await?;
+        if accepted == Accepted::New && !deliveries.is_empty() {
+            let mut s = self.inner.sched.lock().expect("sched lock");
+            for d in deliveries {
+                s.insert(d);
+            }
+            drop(s);
+            self.inner.wake.notify_one();
+        }
+        Ok(accepted)
+    }
+
+    /// Makes a dead letter pending again, with a fresh count of attempts.
+    pub async fn retry(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        let store = self.inner.store.clone();
+        let id = id.to_string();
+        let revived = blocking(move || {
+            let Some(mut d) = store.get(&id)? else {
+                return Ok(None);
+            };
+            if d.state != DeliveryState::Dead {
+                return Ok(None);
+            }
+            d.state = DeliveryState::Pending;
+            d.attempts = 0;
+            d.due_ms = now_ms();
+            store.save(&d)?;
+            Ok(Some(d))
+        })
+        .await?;
+        if let Some(d) = &revived {
+            self.inner
+                .sched
+                .lock()
+                .expect("sched lock")
+                .insert(d.clone());
+            self.inner.wake.notify_one();
+        }
+        Ok(revived)
+    }
+
+    /// Drops a pending (not running) delivery or a dead letter.
+    pub async fn drop_delivery(&self, id: &str) -> Result<bool, StoreError> {
+        {
+            let mut s = self.inner.sched.lock().expect("sched lock");
+            if s.items.get(id).is_some_and(|i| i.running) {
+                return Ok(false);
+            }
+            s.remove(id);
+        }
+        let store = self.inner.store.clone();
+        let id = id.to_string();
+        blocking(move || store.remove(&id)).await
+    }
+
+    /// Runs the scheduler until [`DeliveryQueue::shutdown`].
+    pub fn start(&self) {
+        let queue = self.clone();
+        tokio::spawn(async move { queue.dispatch().await });
+        let queue = self.clone();
+        tokio::spawn(async move { queue.purge_replay_periodically().await });
+    }
+
+    /// Stops starting attempts and waits up to `grace` for running ones. What did not finish
+    /// stays pending in the store.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.inner.stop.cancel();
+        self.inner.tracker.close();
+        tokio::time::timeout(grace, self.inner.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    async fn purge_replay_periodically(&self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.inner.stop.cancelled() => return,
+            }
+            let store = self.inner.store.clone();
+            match blocking(move || store.purge_replay(now_ms())).await {
+                Ok(n) if n > 0 => tracing::debug!(purged = n, "expired replay entries removed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "purging replay entries failed"),
+            }
+        }
+    }
+
+    async fn dispatch(&self) {
+        loop {
+            let next = self.start_due();
+            let sleep = match next {
+                Some(due) => Duration::from_millis(due.saturating_sub(now_ms())),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.inner.stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Starts every due delivery that may run now; returns when the next one falls due.
+    fn start_due(&self) -> Option<u64> {
+        let snapshot = self.inner.live.load_full();
+        let now = now_ms();
+        let mut started = Vec::new();
+        let mut orphans = Vec::new();
+        let next_due;
+        {
+            let mut s = self.inner.sched.lock().expect("sched lock");
+            let due: Vec<(u64, u64, String)> = s
+                .by_due
+                .iter()
+                .take_while(|(at, _, _)| *at <= now)
+                .take(SCAN)
+                .cloned()
+                .collect();
+            for key in due {
+                let Some(item) = s.items.get(&key.2) else {
+                    continue;
+                };
+                if s.blocked_by_order(&item.delivery) {
+                    continue;
+                }
+                let Some(rule) = snapshot.rule(&item.delivery.rule).cloned() else {
+                    orphans.push(key.2.clone());
+                    continue;
+                };
+                let rule_permit = match &rule.concurrency {
+                    Some(sem) => match sem.clone().try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => continue,
+                    },
+                    None => None,
+                };
+                let Ok(worker) = self.inner.workers.clone().try_acquire_owned() else {
+                    break;
+                };
+                s.by_due.remove(&key);
+                let item = s.items.get_mut(&key.2).expect("present");
+                item.running = true;
+                started.push((item.delivery.clone(), rule, worker, rule_permit));
+            }
+            for id in &orphans {
+                if let Some(item) = s.items.get_mut(id) {
+                    item.running = true;
+                    let k = (item.delivery.due_ms, item.seq, id.clone());
+                    s.by_due.remove(&k);
+                }
+            }
+            next_due = s
+                .by_due
+                .range((now + 1, 0, String::new())..)
+                .next()
+                .map(|k| k.0);
+        }
+        for id in orphans {
+            let queue = self.clone();
+            self.inner.tracker.spawn(async move {
+                queue.bury_orphan(&id).await;
+            });
+        }
+        for (delivery, rule, worker, rule_permit) in started {
+            let queue = self.clone();
+            let snapshot = snapshot.clone();
+            self.inner.tracker.spawn(async move {
+                queue.attempt(snapshot, rule, delivery).await;
+                drop(rule_permit);
+                drop(worker);
+                queue.inner.wake.notify_one();
+            });
+        }
+        next_due
+    }
+
+    async fn bury_orphan(&self, id: &str) {
+        let Some(mut d) = self.inner.sched.lock().expect("sched lock").remove(id) else {
+            return;
+        };
+        tracing::warn!(delivery_id = %d.id, rule = %d.rule, "rule removed; delivery dead-lettered");
+        d.state = DeliveryState::Dead;
+        d.last_error = Some("rule removed".into());
+        self.persist(d).await;
+        self.inner
+            .stats
+            .dead_lettered
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One attempt of one delivery, and what follows from its outcome.
+    async fn attempt(&self, snapshot: Arc<Snapshot>, rule: Arc<Rule>, mut d: Delivery) {
+        let started = Instant::now();
+        let at_ms = now_ms();
+        let report = match d.callback() {
+            Ok(callback) => {
+                let run = Run {
+                    snapshot: &snapshot,
+                    rule: &rule,
+                    callback: &callback,
+                    delivery_id: &d.id,
+                };
+                self.inner.actors.run(run).await
+            }
+            Err(e) => Outcome::fail(format!("stored body cannot be decoded: {e}")).into(),
+        };
+        let mut outcome = report.outcome;
+        if let Outcome::Ok { emit, .. } = &outcome
+            && !emit.is_empty()
+        {
+            let next = deliveries_for_emitted(&snapshot, emit, d.depth + 1);
+            if let Err(e) = self.accept(None, next).await {
+                outcome = Outcome::retry(format!("emitted events could not be queued: {e}"));
+            }
+        }
+        let elapsed = started.elapsed();
+        d.attempts += 1;
+        let error = match &outcome {
+            Outcome::Ok { .. } => None,
+            Outcome::Retry { reason, .. } | Outcome::Fail { reason } => Some(reason.clone()),
+        };
+        d.history.push(AttemptRecord {
+            at_ms,
+            duration_ms: elapsed.as_millis() as u64,
+            outcome: outcome.label().to_string(),
+            error: error.clone(),
+            output: report.output.clone(),
+        });
+        if d.history.len() > HISTORY {
+            d.history.remove(0);
+        }
+        d.last_error = error;
+        let span = tracing::info_span!("delivery", rule = %d.rule, delivery_id = %d.id, event = %d.event, attempt = d.attempts);
+        let _enter = span.enter();
+        match outcome {
+            Outcome::Ok { .. } => {
+                tracing::info!(
+                    outcome = "ok",
+                    duration_ms = elapsed.as_millis() as u64,
+                    "delivered"
+                );
+                self.inner.sched.lock().expect("sched lock").remove(&d.id);
+                let store = self.inner.store.clone();
+                let id = d.id.clone();
+                if let Err(e) = blocking(move || store.remove(&id)).await {
+                    tracing::error!(error = %e, "delivered, but removing it from the store failed; it may run again");
+                }
+                self.inner.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Retry { reason, after } if d.attempts < rule.retry.attempts => {
+                let delay = retry_delay(&rule.retry, d.attempts, after);
+                d.due_ms = now_ms() + delay.as_millis() as u64;
+                tracing::warn!(outcome = "retry", duration_ms = elapsed.as_millis() as u64, retry_in_ms = delay.as_millis() as u64, error = %reason, output = report.output.as_deref().unwrap_or(""), "attempt failed; will retry");
+                self.persist(d.clone()).await;
+                self.inner.sched.lock().expect("sched lock").reschedule(d);
+                self.inner.stats.retried.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Retry { reason, .. } | Outcome::Fail { reason } => {
+                tracing::error!(outcome = "dead", duration_ms = elapsed.as_millis() as u64, error = %reason, output = report.output.as_deref().unwrap_or(""), "delivery failed; dead-lettered");
+                self.inner.sched.lock().expect("sched lock").remove(&d.id);
+                d.state = DeliveryState::Dead;
+                self.persist(d).await;
+                self.inner
+                    .stats
+                    .dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn persist(&self, d: Delivery) {
+        let store = self.inner.store.clone();
+        let id = d.id.clone();
+        if let Err(e) = blocking(move || store.save(&d)).await {
+            tracing::error!(delivery_id = %id, error = %e, "saving delivery state failed");
+        }
+    }
+}
+
+/// The wait before the next attempt: full jitter under the backoff ceiling, or the target's
+/// `Retry-After` kept within [ceiling, 2 × ceiling].
+pub fn retry_delay(policy: &RetryPolicy, attempts: u32, retry_after: Option<Duration>) -> Duration {
+    let ceiling = policy.ceiling(attempts);
+    match retry_after {
+        Some(after) => after.clamp(ceiling, ceiling * 2),
+        None => {
+            let ms = ceiling.as_millis() as u64;
+            Duration::from_millis(rand::random_range(0..=ms))
+        }
+    }
+}
+
+/// Runs store work (which may block on disk) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError(format!("store task failed: {e}")))?
+}
+
+/// Keeps `OwnedSemaphorePermit` in the public signature set small; used by sync runs.
+pub async fn acquire(rule: &Rule) -> Option<OwnedSemaphorePermit> {
+    match &rule.concurrency {
+        Some(sem) => sem.clone().acquire_owned().await.ok(),
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_stays_within_bounds() {
+        let p = RetryPolicy {
+            attempts: 8,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        };
+        for attempt in 1..10 {
+            let d = retry_delay(&p, attempt, None);
+            assert!(d <= p.ceiling(attempt));
+        }
+        // Retry-After is honoured, kept within [ceiling, 2 × ceiling].
+        assert_eq!(
+            retry_delay(&p, 1, Some(Duration::from_millis(150))),
+            Duration::from_millis(150)
+        );
+        assert_eq!(
+            retry_delay(&p, 1, Some(Duration::from_secs(60))),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            retry_delay(&p, 1, Some(Duration::ZERO)),
+            Duration::from_millis(100)
+        );
+    }
+
+    fn delivery(id: &str, key: Option<&str>) -> Delivery {
+        Delivery {
+            id: id.into(),
+            rule: "r".into(),
+            event: "e".into(),
+            body: "{}".into(),
+            order_key: key.map(String::from),
+            depth: 0,
+            created_ms: 0,
+            due_ms: 0,
+            attempts: 0,
+            state: DeliveryState::Pending,
+            last_error: None,
+            history: vec![],
+        }
+    }
+
+    #[test]
+    fn order_chains_let_only_the_first_run() {
+        let mut s = Sched::default();
+        s.insert(delivery("a", Some("k")));
+        s.insert(delivery("b", Some("k")));
+        s.insert(delivery("c", Some("other")));
+        s.insert(delivery("d", None));
+        let blocked = |s: &Sched, id: &str| s.blocked_by_order(&s.items[id].delivery);
+        assert!(!blocked(&s, "a"));
+        assert!(blocked(&s, "b"));
+        assert!(!blocked(&s, "c"));
+        assert!(!blocked(&s, "d"));
+        s.remove("a");
+        assert!(!blocked(&s, "b"));
+        assert!(s.chains.get(&("r".into(), "k".into())).is_some());
+        s.remove("b");
+        assert!(!s.chains.contains_key(&("r".into(), "k".into())));
+    }
+}

@@ -1,0 +1,203 @@
+//! The steps of one callback, in order (SPEC "Receiving a callback" 2–7): decode, verify, check
+//! replay, route, run the sync rule, queue the rest durably, reply. HTTP framing (methods, paths,
+//! body limits) is [`crate::server`]'s.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::act::{Outcome, Run};
+use crate::app::App;
+use crate::config::{Rule, Snapshot};
+use crate::deliver::{self, AcceptError, Accepted, ReplayEntry};
+use crate::events::BEFORE_SEND_MSG;
+use crate::receive::Callback;
+use crate::route;
+use crate::verify;
+
+/// What to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+    /// Seconds, for 503.
+    pub retry_after: Option<u64>,
+    /// A label for logs and metrics: accepted, duplicate, bad_signature, stale, malformed, ...
+    pub outcome: &'static str,
+}
+
+impl Reply {
+    fn ok(body: Bytes, outcome: &'static str) -> Self {
+        Reply {
+            status: 200,
+            body,
+            retry_after: None,
+            outcome,
+        }
+    }
+    pub fn error(status: u16, outcome: &'static str, message: &str) -> Self {
+        let body = serde_json::json!({ "code": status, "message": message }).to_string();
+        Reply {
+            status,
+            body: Bytes::from(body),
+            retry_after: (status == 503).then_some(1),
+            outcome,
+        }
+    }
+}
+
+/// The reply when no sync rule answers.
+pub fn default_reply(event: &str) -> Bytes {
+    if event == BEFORE_SEND_MSG {
+        Bytes::from_static(br#"{"result":0}"#)
+    } else {
+        Bytes::from_static(br#"{"code":0}"#)
+    }
+}
+
+/// Handles one callback body; `deadline` bounds the sync rule.
+pub async fn callback(app: &App, snapshot: &Arc<Snapshot>, raw: Bytes, deadline: Instant) -> Reply {
+    let started = Instant::now();
+    let body_hash: [u8; 32] = Sha256::digest(&raw).into();
+    let callback = match Callback::decode(raw) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(outcome = "malformed", error = %e, "callback refused");
+            return Reply::error(400, "malformed", &e.to_string());
+        }
+    };
+    let event = callback.event().to_string();
+    let appid = callback.appid().to_string();
+    let log = |reply: &Reply, rules: &[&str], error: Option<&str>| {
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        if reply.status < 300 {
+            tracing::info!(%event, %appid, outcome = reply.outcome, status = reply.status, rules = ?rules, latency_ms, "callback");
+        } else {
+            tracing::warn!(%event, %appid, outcome = reply.outcome, status = reply.status, rules = ?rules, latency_ms, error = error.unwrap_or(""), "callback refused");
+        }
+    };
+
+    let key = match verify::verify(&callback.envelope, &snapshot.verify, SystemTime::now()) {
+        Ok(k) => k,
+        Err(e) => {
+            let reply = Reply::error(401, e.label(), &e.to_string());
+            log(&reply, &[], Some(&e.to_string()));
+            return reply;
+        }
+    };
+
+    if let Some(key) = &key {
+        match app.queue.check_replay(key.encode()).await {
+            Ok(Some(seen)) => {
+                let reply = seen_reply(&seen, &body_hash);
+                log(&reply, &[], None);
+                return reply;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let reply = Reply::error(503, "overloaded", &e.to_string());
+                log(&reply, &[], Some(&e.to_string()));
+                return reply;
+            }
+        }
+    }
+
+    let plan = route::plan(snapshot, &callback, true);
+    let rule_names = plan.rule_names();
+    let mut answer = default_reply(&event);
+    let mut deliveries = deliver::deliveries_for(snapshot, &callback, &plan.queued, 0);
+    if let Some(rule) = &plan.sync {
+        match run_sync(app, snapshot, rule, &callback, deadline).await {
+            Ok((Some(a), emitted)) => {
+                answer = a;
+                deliveries.extend(emitted);
+            }
+            Ok((None, emitted)) => deliveries.extend(emitted),
+            Err(reason) => match &rule.fallback {
+                Some(fallback) => {
+                    tracing::warn!(rule = %rule.name, %event, error = %reason, "sync rule failed; replying with its fallback");
+                    answer = fallback.clone();
+                }
+                None => {
+                    let reply =
+                        Reply::error(503, "sync_failed", &format!("rule {}: {reason}", rule.name));
+                    log(&reply, &rule_names, Some(&reason));
+                    return reply;
+                }
+            },
+        }
+    }
+
+    let replay = key.map(|k| ReplayEntry {
+        key: k.encode(),
+        body_hash,
+        reply: answer.clone(),
+        expires_ms: deliver::now_ms() + snapshot.verify.replay_window().as_millis() as u64,
+    });
+    let reply = match app.queue.accept(replay, deliveries).await {
+        Ok(Accepted::New) => Reply::ok(answer, "accepted"),
+        Ok(Accepted::Existing(seen)) => seen_reply(&seen, &body_hash),
+        Err(e @ AcceptError::Full(_)) => Reply::error(503, "overloaded", &e.to_string()),
+        Err(e @ AcceptError::Store(_)) => {
+            tracing::error!(error = %e, "store failed; callback refused with 503");
+            Reply::error(503, "overloaded", &e.to_string())
+        }
+    };
+    log(&reply, &rule_names, None);
+    reply
+}
+
+/// A callback whose (appid, nonce, timestamp) was seen before: the same body is a duplicate
+/// (answered as the first time, nothing runs again); another body is a replay.
+fn seen_reply(seen: &deliver::Seen, body_hash: &[u8; 32]) -> Reply {
+    if &seen.body_hash == body_hash {
+        Reply::ok(seen.reply.clone(), "duplicate")
+    } else {
+        Reply::error(
+            401,
+            "replayed",
+            "nonce and timestamp were already used with another body",
+        )
+    }
+}
+
+/// Runs the sync rule within its timeout and the request's deadline. Its answer must be JSON
+/// (an empty answer means the default reply).
+async fn run_sync(
+    app: &App,
+    snapshot: &Arc<Snapshot>,
+    rule: &Arc<Rule>,
+    callback: &Callback,
+    deadline: Instant,
+) -> Result<(Option<Bytes>, Vec<deliver::Delivery>), String> {
+    let delivery_id = deliver::new_id();
+    let work = async {
+        let _permit = deliver::acquire(rule).await;
+        let run = Run {
+            snapshot,
+            rule,
+            callback,
+            delivery_id: &delivery_id,
+        };
+        app.actors.run(run).await
+    };
+    let report = match tokio::time::timeout_at(deadline.into(), work).await {
+        Ok(r) => r,
+        Err(_) => return Err("request_timeout reached".into()),
+    };
+    match report.outcome {
+        Outcome::Ok { answer, emit } => {
+            let emitted = deliver::deliveries_for_emitted(snapshot, &emit, 1);
+            let answer = answer.filter(|a| !a.iter().all(u8::is_ascii_whitespace));
+            if let Some(a) = &answer
+                && let Err(e) = serde_json::from_slice::<serde_json::Value>(a)
+            {
+                return Err(format!("answer is not JSON: {e}"));
+            }
+            Ok((answer, emitted))
+        }
+        Outcome::Retry { reason, .. } | Outcome::Fail { reason } => Err(reason),
+    }
+}

@@ -1,0 +1,42 @@
+//! zimhook receives ZEGOCLOUD server callbacks, verifies them and routes each one, by rules in a
+//! TOML file that is reloaded while it runs, to shell commands, HTTP forwards and WebAssembly
+//! plugins.
+//!
+//! # Layout
+//!
+//! The path of one callback is the module map:
+//!
+//! ```text
+//! server ─► receive ─► verify ─► route ─┬─► sync: act now ─────────────► reply
+//!  (HTTP)   (decode)   (signature,       └─► queued: deliver (store) ──► reply 200
+//!                       skew, replay)                 │
+//!                                        deliver workers ─► act: command | forward | plugin
+//! ```
+//!
+//! - [`server`]: listener, HTTP/1.1 and HTTP/2 connections, limits, graceful drain.
+//! - [`handle`]: the steps of one callback, in order, and the reply it gets.
+//! - [`receive`]: body decoding (JSON or form) into a [`receive::Callback`].
+//! - [`verify`]: signature, freshness, appid allow-list.
+//! - [`route`]: which rules a callback matches, and the template context they see.
+//! - [`deliver`]: the delivery queue, its store, workers, retries and dead letters.
+//! - [`act`]: running one action once (command, forward, plugin).
+//! - [`config`]: TOML → validated [`config::Snapshot`], with positions on every error.
+//! - [`template`]: the template engine shared by `when`, argv, URLs, headers and bodies.
+//! - [`events`]: the catalog of ZEGO event names.
+//! - [`cli`]: the `check`, `sign` and `send` commands; [`daemon`]: `run`.
+//! - [`app`]: the state the daemon shares between requests.
+#![forbid(unsafe_code)]
+
+pub mod act;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod deliver;
+pub mod events;
+pub mod handle;
+pub mod receive;
+pub mod route;
+pub mod server;
+pub mod template;
+pub mod verify;

@@ -1,0 +1,134 @@
+//! The `zimhook` binary: command line, logging, exit codes. Everything else is in the library.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use zimhook::{cli, config, daemon};
+
+/// Receives ZEGOCLOUD server callbacks, verifies them and routes them to commands, HTTP
+/// forwards and WebAssembly plugins.
+#[derive(Parser)]
+#[command(name = "zimhook", version, propagate_version = true)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (default: $ZIMHOOK_CONFIG, else ./config.toml)
+    #[arg(short, long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default)
+    Run,
+    /// Validate the config; exit 0 if usable, 78 if not
+    Check,
+    /// Print the signature ZEGO would send for these values
+    Sign {
+        #[arg(long)]
+        secret: String,
+        #[arg(long)]
+        timestamp: String,
+        #[arg(long)]
+        nonce: String,
+    },
+    /// Send a signed callback for EVENT (to the config's own listener unless --url)
+    Send {
+        /// Where to POST (default: the config's listener and path)
+        #[arg(long)]
+        url: Option<String>,
+        /// appid to send (default: the config's first allowed appid, else "1")
+        #[arg(long)]
+        appid: Option<String>,
+        /// Event name, e.g. call_timeout
+        event: String,
+        /// Business fields: JSON text, @FILE, or - for stdin
+        data: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let path = config::resolve_path(args.config.clone());
+    let code = match args.command.unwrap_or(Command::Run) {
+        Command::Check => cli::check(&path),
+        Command::Sign {
+            secret,
+            timestamp,
+            nonce,
+        } => {
+            println!("{}", cli::sign(&secret, &timestamp, &nonce));
+            0
+        }
+        Command::Send {
+            url,
+            appid,
+            event,
+            data,
+        } => runtime().block_on(async {
+            match cli::send(&path, url, appid, &event, data.as_deref()).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("zimhook send: {e:#}");
+                    1
+                }
+            }
+        }),
+        Command::Run => {
+            init_logging(args.log_format, &path);
+            runtime().block_on(async {
+                match daemon::run(&path).await {
+                    Ok(()) => 0,
+                    Err(daemon::DaemonError::Config(e)) => {
+                        for d in &e.errors {
+                            tracing::error!("{d}");
+                        }
+                        cli::EXIT_CONFIG
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        1
+                    }
+                }
+            })
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Level from `$ZIMHOOK_LOG`, else the config's `log.level`, else info.
+fn init_logging(format: LogFormat, config: &std::path::Path) {
+    let level = std::env::var("ZIMHOOK_LOG").ok().or_else(|| {
+        std::fs::read_to_string(config)
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .and_then(|t| t.get("log")?.get("level")?.as_str().map(String::from))
+    });
+    let filter = tracing_subscriber::EnvFilter::try_new(level.as_deref().unwrap_or("info"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}

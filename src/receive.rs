@@ -1,0 +1,270 @@
+//! Decoding a request body into a [`Callback`]: a JSON object, or else a form-urlencoded body
+//! (ZEGO's "POST/FORM" option), decided by content since ZEGO documents no Content-Type.
+//! Numbers keep their exact digits; the raw bytes are kept for forwarding unchanged.
+//! Secrets and signatures are not this module's business: see [`crate::verify`].
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+/// How the body was encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    Json,
+    Form,
+}
+
+/// The envelope fields every callback carries, as their literal text. Lower-case (`appid`,
+/// `event`, ...) and PascalCase (`AppId`, `Event`, ...) spellings are both accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    pub appid: Option<String>,
+    pub event: Option<String>,
+    pub nonce: Option<String>,
+    pub timestamp: Option<String>,
+    pub signature: Option<String>,
+}
+
+/// One decoded callback.
+#[derive(Debug, Clone)]
+pub struct Callback {
+    /// The body exactly as received.
+    pub raw: Bytes,
+    pub format: BodyFormat,
+    pub object: Map<String, Value>,
+    pub envelope: Envelope,
+}
+
+/// Why a body could not be decoded; the text goes back in the 400 reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("body is not valid JSON: {message} at line {line} column {column}")]
+    Json {
+        message: String,
+        line: usize,
+        column: usize,
+    },
+    #[error("body is JSON but not an object (found {0})")]
+    NotObject(&'static str),
+    #[error("body is not UTF-8 (invalid byte at offset {0})")]
+    NotUtf8(usize),
+    #[error("body is neither a JSON object nor form-urlencoded: {0}")]
+    Neither(String),
+    #[error("body is empty")]
+    Empty,
+}
+
+impl Callback {
+    /// Decodes a request body.
+    pub fn decode(raw: Bytes) -> Result<Callback, DecodeError> {
+        let text = std::str::from_utf8(&raw).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
+        let trimmed = text.trim_start();
+        if trimmed.is_empty() {
+            return Err(DecodeError::Empty);
+        }
+        let (object, format) = if trimmed.starts_with(['{', '[', '"']) || !text.contains('=') {
+            (decode_json(text)?, BodyFormat::Json)
+        } else {
+            (decode_form(text)?, BodyFormat::Form)
+        };
+        let envelope = Envelope::from_object(&object);
+        Ok(Callback {
+            raw,
+            format,
+            object,
+            envelope,
+        })
+    }
+
+    /// An event a plugin emitted: no envelope to verify, the payload is its own raw body.
+    pub fn emitted(name: &str, payload: &str) -> Result<Callback, DecodeError> {
+        let object = decode_json(payload)?;
+        let mut envelope = Envelope::from_object(&object);
+        envelope.event = Some(name.to_string());
+        Ok(Callback {
+            raw: Bytes::copy_from_slice(payload.as_bytes()),
+            format: BodyFormat::Json,
+            object,
+            envelope,
+        })
+    }
+
+    pub fn event(&self) -> &str {
+        self.envelope.event.as_deref().unwrap_or("")
+    }
+
+    pub fn appid(&self) -> &str {
+        self.envelope.appid.as_deref().unwrap_or("")
+    }
+
+    /// The callback as JSON text: the raw body when it was JSON, the decoded form fields as a
+    /// JSON object otherwise. Commands get this on stdin, plugins as `payload`.
+    pub fn json(&self) -> String {
+        match self.format {
+            BodyFormat::Json => String::from_utf8_lossy(&self.raw).into_owned(),
+            BodyFormat::Form => {
+                serde_json::to_string(&self.object).expect("a JSON map always serializes")
+            }
+        }
+    }
+
+    /// The Content-Type that describes the raw body.
+    pub fn content_type(&self) -> &'static str {
+        match self.format {
+            BodyFormat::Json => "application/json",
+            BodyFormat::Form => "application/x-www-form-urlencoded",
+        }
+    }
+}
+
+fn decode_json(text: &str) -> Result<Map<String, Value>, DecodeError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(DecodeError::NotObject(kind(&other))),
+        Err(e) => Err(DecodeError::Json {
+            message: json_reason(&e),
+            line: e.line(),
+            column: e.column(),
+        }),
+    }
+}
+
+/// serde_json's message without its trailing " at line L column C" (we say that ourselves).
+fn json_reason(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    match full.rfind(" at line ") {
+        Some(i) => full[..i].to_string(),
+        None => full,
+    }
+}
+
+fn decode_form(text: &str) -> Result<Map<String, Value>, DecodeError> {
+    let mut map = Map::new();
+    for (i, (key, value)) in form_urlencoded::parse(text.trim_end().as_bytes()).enumerate() {
+        if key.is_empty() {
+            return Err(DecodeError::Neither(format!(
+                "form field {} has an empty name",
+                i + 1
+            )));
+        }
+        let value = value.into_owned();
+        // A value that is itself JSON array/object text is taken as that structure.
+        let parsed = if value.trim_start().starts_with(['[', '{']) {
+            serde_json::from_str::<Value>(&value).unwrap_or(Value::String(value))
+        } else {
+            Value::String(value)
+        };
+        map.insert(key.into_owned(), parsed);
+    }
+    if map.is_empty() {
+        return Err(DecodeError::Neither("no fields".into()));
+    }
+    Ok(map)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl Envelope {
+    fn from_object(object: &Map<String, Value>) -> Envelope {
+        let field = |lower: &str, pascal: &str| {
+            object
+                .get(lower)
+                .or_else(|| object.get(pascal))
+                .and_then(literal_text)
+        };
+        Envelope {
+            appid: field("appid", "AppId"),
+            event: field("event", "Event"),
+            nonce: field("nonce", "Nonce"),
+            timestamp: field("timestamp", "Timestamp"),
+            signature: field("signature", "Signature"),
+        }
+    }
+}
+
+/// A scalar's literal text: strings as they are, numbers with their exact digits.
+fn literal_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(s: &str) -> Result<Callback, DecodeError> {
+        Callback::decode(Bytes::from(s.to_string()))
+    }
+
+    #[test]
+    fn json_envelope_keeps_literal_digits() {
+        let cb = decode(
+            r#"{"appid":1234567890123,"event":"call_timeout","nonce":9223372036854775809,"timestamp":"1499676978","signature":"ab"}"#,
+        )
+        .unwrap();
+        assert_eq!(cb.format, BodyFormat::Json);
+        assert_eq!(cb.envelope.appid.as_deref(), Some("1234567890123"));
+        assert_eq!(cb.envelope.nonce.as_deref(), Some("9223372036854775809"));
+        assert_eq!(cb.envelope.timestamp.as_deref(), Some("1499676978"));
+        assert_eq!(cb.event(), "call_timeout");
+    }
+
+    #[test]
+    fn pascal_case_envelope() {
+        let cb = decode(
+            r#"{"AppId":1,"Event":"x","Nonce":"n","Timestamp":1700000000000,"Signature":"s"}"#,
+        )
+        .unwrap();
+        assert_eq!(cb.envelope.appid.as_deref(), Some("1"));
+        assert_eq!(cb.envelope.timestamp.as_deref(), Some("1700000000000"));
+        assert_eq!(cb.event(), "x");
+    }
+
+    #[test]
+    fn form_bodies_are_url_decoded_with_json_values() {
+        let cb = decode(
+            "appid=1&event=call_timeout&user_ids=%5B%22a%22%2C%22b%22%5D&msg_body=hi%20there",
+        )
+        .unwrap();
+        assert_eq!(cb.format, BodyFormat::Form);
+        assert_eq!(cb.object["user_ids"], serde_json::json!(["a", "b"]));
+        assert_eq!(cb.object["msg_body"], "hi there");
+        let json: Value = serde_json::from_str(&cb.json()).unwrap();
+        assert_eq!(json["event"], "call_timeout");
+    }
+
+    #[test]
+    fn broken_json_names_line_and_column() {
+        let err = decode("{\n\"a\": 1\n\"b\": 2}").unwrap_err();
+        match err {
+            DecodeError::Json { line, column, .. } => assert_eq!((line, column), (3, 1)),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            decode("[1,2]")
+                .unwrap_err()
+                .to_string()
+                .contains("an array")
+        );
+        assert!(decode("").is_err());
+        assert!(decode("hello").is_err());
+    }
+
+    #[test]
+    fn big_numbers_survive_reserialization() {
+        let body = r#"{"room_session_id":858012925204410400123,"x":1.5}"#;
+        let cb = decode(body).unwrap();
+        assert_eq!(serde_json::to_string(&cb.object).unwrap(), body);
+    }
+}

@@ -1,0 +1,173 @@
+//! The listener: HTTP/1.1 and HTTP/2 connections (hyper), a cap on concurrent connections, a
+//! header-read timeout and a whole-request deadline against slow clients, the body size cap,
+//! and a bounded graceful drain on shutdown. What a callback means is [`crate::handle`]'s.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::app::App;
+use crate::handle::{self, Reply};
+
+/// Serves until `shutdown` resolves, then stops accepting and gives connections in flight the
+/// configured grace period to finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let settings = app.snapshot().server.clone();
+    let connections = Arc::new(Semaphore::new(settings.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    tokio::pin!(shutdown);
+    loop {
+        // At the connection cap, stop accepting: the kernel's backlog holds the rest.
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(respond(&app, req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(settings.shutdown_grace) => {
+            tracing::warn!(grace = ?settings.shutdown_grace, "connections still open after the grace period; closing them");
+        }
+    }
+    Ok(())
+}
+
+async fn respond(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let snapshot = app.snapshot();
+    let path = req.uri().path();
+    if path == snapshot.server.path {
+        if req.method() != Method::POST {
+            let mut r = reply(Reply::error(405, "method", "only POST is accepted here"));
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+            return r;
+        }
+        let deadline = Instant::now() + snapshot.server.request_timeout;
+        let body = match read_body(req, snapshot.server.max_body, deadline).await {
+            Ok(b) => b,
+            Err(r) => {
+                tracing::warn!(outcome = r.outcome, status = r.status, "callback refused");
+                return reply(r);
+            }
+        };
+        return reply(handle::callback(app, &snapshot, body, deadline).await);
+    }
+    match (req.method(), path) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") if app.is_ready() => text(StatusCode::OK, "ready\n"),
+        (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        _ => reply(Reply::error(404, "not_found", "no such path")),
+    }
+}
+
+/// Reads the body within the size cap and the deadline.
+async fn read_body(req: Request<Incoming>, max: u64, deadline: Instant) -> Result<Bytes, Reply> {
+    let too_large = || {
+        Reply::error(
+            413,
+            "too_large",
+            &format!("body is larger than server.max_body ({max} bytes)"),
+        )
+    };
+    // Refuse before reading when the client says how much is coming.
+    if let Some(len) = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > max
+    {
+        return Err(too_large());
+    }
+    let limited = Limited::new(req.into_body(), max as usize);
+    match tokio::time::timeout_at(deadline.into(), limited.collect()).await {
+        Err(_) => Err(Reply::error(
+            408,
+            "timeout",
+            "body not received within server.request_timeout",
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(Reply::error(
+            400,
+            "malformed",
+            &format!("reading the body failed: {e}"),
+        )),
+    }
+}
+
+fn reply(r: Reply) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(r.body));
+    *response.status_mut() =
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(secs) = r.retry_after {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}

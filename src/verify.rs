@@ -1,0 +1,254 @@
+//! Is this callback from ZEGO, and fresh? Signature (constant-time, every configured secret
+//! tried), appid allow-list and timestamp skew. The replay decision uses the store's table (see
+//! [`crate::deliver::Store::check_replay`]); this module only builds its key. HTTP is not this
+//! module's business: the caller maps a [`VerifyError`] to a status.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha1::{Digest, Sha1};
+use subtle::ConstantTimeEq;
+
+use crate::config::VerifySettings;
+use crate::receive::Envelope;
+
+/// ZEGO's callback signature: `lower_hex(sha1(concat(sort_as_strings([secret, timestamp,
+/// nonce]))))`. Sorted as strings (byte order), no separator; the timestamp is its literal text.
+pub fn signature(secret: &str, timestamp: &str, nonce: &str) -> String {
+    let mut parts = [secret, timestamp, nonce];
+    parts.sort_unstable();
+    let mut hasher = Sha1::new();
+    for p in parts {
+        hasher.update(p.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Why a callback was refused (all of these answer 401).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("missing envelope field `{0}`")]
+    Missing(&'static str),
+    #[error("appid {0} is not allowed")]
+    AppidNotAllowed(String),
+    #[error("signature does not match")]
+    BadSignature,
+    #[error("timestamp {timestamp} is {skew_secs}s away from now (max_skew is {max_secs}s)")]
+    Stale {
+        timestamp: String,
+        skew_secs: u64,
+        max_secs: u64,
+    },
+    #[error("timestamp {0:?} is not a number")]
+    BadTimestamp(String),
+}
+
+impl VerifyError {
+    /// A short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            VerifyError::Missing(_) => "missing_field",
+            VerifyError::AppidNotAllowed(_) => "appid_not_allowed",
+            VerifyError::BadSignature => "bad_signature",
+            VerifyError::Stale { .. } | VerifyError::BadTimestamp(_) => "stale",
+        }
+    }
+}
+
+/// The single-use identity of a signed callback.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReplayKey {
+    pub appid: String,
+    pub nonce: String,
+    pub timestamp: String,
+}
+
+impl ReplayKey {
+    /// A stable byte encoding, for store tables.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v =
+            Vec::with_capacity(self.appid.len() + self.nonce.len() + self.timestamp.len() + 2);
+        v.extend_from_slice(self.appid.as_bytes());
+        v.push(0);
+        v.extend_from_slice(self.nonce.as_bytes());
+        v.push(0);
+        v.extend_from_slice(self.timestamp.as_bytes());
+        v
+    }
+}
+
+/// Checks a callback's envelope. Returns the replay key to check next (none in insecure mode
+/// when the callback carries no nonce).
+pub fn verify(
+    envelope: &Envelope,
+    settings: &VerifySettings,
+    now: SystemTime,
+) -> Result<Option<ReplayKey>, VerifyError> {
+    let event = envelope.event.as_deref();
+    if event.is_none() {
+        return Err(VerifyError::Missing("event"));
+    }
+    if settings.insecure {
+        return Ok(match (&envelope.nonce, &envelope.timestamp) {
+            (Some(nonce), Some(timestamp)) => Some(ReplayKey {
+                appid: envelope.appid.clone().unwrap_or_default(),
+                nonce: nonce.clone(),
+                timestamp: timestamp.clone(),
+            }),
+            _ => None,
+        });
+    }
+    let appid = envelope
+        .appid
+        .as_deref()
+        .ok_or(VerifyError::Missing("appid"))?;
+    let nonce = envelope
+        .nonce
+        .as_deref()
+        .ok_or(VerifyError::Missing("nonce"))?;
+    let timestamp = envelope
+        .timestamp
+        .as_deref()
+        .ok_or(VerifyError::Missing("timestamp"))?;
+    let given = envelope
+        .signature
+        .as_deref()
+        .ok_or(VerifyError::Missing("signature"))?;
+
+    if !settings.appids.is_empty() && !settings.appids.iter().any(|a| a == appid) {
+        return Err(VerifyError::AppidNotAllowed(appid.to_string()));
+    }
+    let given = given.to_ascii_lowercase();
+    // Every secret is tried, whatever matched, so timing says nothing about which one did.
+    let matched = settings.secrets.iter().fold(0u8, |acc, secret| {
+        let expected = signature(secret.expose(), timestamp, nonce);
+        acc | expected.as_bytes().ct_eq(given.as_bytes()).unwrap_u8()
+    });
+    if matched == 0 {
+        return Err(VerifyError::BadSignature);
+    }
+    if let Some(max) = settings.max_skew {
+        check_skew(timestamp, max, now)?;
+    }
+    Ok(Some(ReplayKey {
+        appid: appid.to_string(),
+        nonce: nonce.to_string(),
+        timestamp: timestamp.to_string(),
+    }))
+}
+
+/// Seconds or milliseconds: a value above 10^12 is milliseconds (ZEGO's room and group pages
+/// say milliseconds since 2025; samples show seconds).
+pub fn timestamp_to_time(timestamp: &str) -> Option<SystemTime> {
+    let n: u64 = timestamp.trim().parse().ok()?;
+    let d = if n > 1_000_000_000_000 {
+        Duration::from_millis(n)
+    } else {
+        Duration::from_secs(n)
+    };
+    UNIX_EPOCH.checked_add(d)
+}
+
+fn check_skew(timestamp: &str, max: Duration, now: SystemTime) -> Result<(), VerifyError> {
+    let at = timestamp_to_time(timestamp)
+        .ok_or_else(|| VerifyError::BadTimestamp(timestamp.to_string()))?;
+    let skew = match now.duration_since(at) {
+        Ok(d) => d,
+        Err(e) => e.duration(),
+    };
+    if skew > max {
+        return Err(VerifyError::Stale {
+            timestamp: timestamp.to_string(),
+            skew_secs: skew.as_secs(),
+            max_secs: max.as_secs(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn official_test_vector() {
+        assert_eq!(
+            signature("secret", "1470820198", "123412"),
+            "5bd59fd62953a8059fb7eaba95720f66d19e4517"
+        );
+    }
+
+    #[test]
+    fn sorts_as_strings_not_numbers() {
+        // Numerically 99 < 1470820198, but as strings "1470820198" < "99" < "abc".
+        assert_eq!(
+            signature("abc", "1470820198", "99"),
+            "622967e792ce67be63d020d2e4972306fcd9909c"
+        );
+    }
+
+    fn settings(secrets: &[&str]) -> VerifySettings {
+        VerifySettings {
+            secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
+            max_skew: Some(Duration::from_secs(300)),
+            appids: vec![],
+            insecure: false,
+        }
+    }
+
+    fn envelope(secret: &str, ts: &str) -> Envelope {
+        Envelope {
+            appid: Some("1".into()),
+            event: Some("call_timeout".into()),
+            nonce: Some("9223372036854775809".into()),
+            timestamp: Some(ts.into()),
+            signature: Some(signature(secret, ts, "9223372036854775809")),
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn any_configured_secret_may_match() {
+        let s = settings(&["old", "new"]);
+        assert!(verify(&envelope("new", "1700000000"), &s, at(1700000000)).is_ok());
+        assert!(verify(&envelope("old", "1700000000"), &s, at(1700000000)).is_ok());
+        assert_eq!(
+            verify(&envelope("other", "1700000000"), &s, at(1700000000)),
+            Err(VerifyError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn skew_in_seconds_and_milliseconds() {
+        let s = settings(&["k"]);
+        assert!(verify(&envelope("k", "1700000000"), &s, at(1700000299)).is_ok());
+        assert!(matches!(
+            verify(&envelope("k", "1700000000"), &s, at(1700000301)),
+            Err(VerifyError::Stale { .. })
+        ));
+        assert!(verify(&envelope("k", "1700000000000"), &s, at(1700000010)).is_ok());
+        assert!(matches!(
+            verify(&envelope("k", "1700000000000"), &s, at(1700001000)),
+            Err(VerifyError::Stale { .. })
+        ));
+    }
+
+    #[test]
+    fn appid_allow_list_and_missing_fields() {
+        let mut s = settings(&["k"]);
+        s.appids = vec!["2".into()];
+        assert_eq!(
+            verify(&envelope("k", "1700000000"), &s, at(1700000000)),
+            Err(VerifyError::AppidNotAllowed("1".into()))
+        );
+        let mut e = envelope("k", "1700000000");
+        e.signature = None;
+        assert_eq!(
+            verify(&e, &settings(&["k"]), at(1700000000)),
+            Err(VerifyError::Missing("signature"))
+        );
+    }
+}
