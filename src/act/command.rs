@@ -104,10 +104,10 @@ pub async fn run(action: &CommandAction, run: &Run<'_>, timeout: Duration) -> Re
     // that reading its output cannot hang.
     let out = tokio::time::timeout(Duration::from_secs(1), join(stdout)).await;
     let err = tokio::time::timeout(Duration::from_secs(1), join(stderr)).await;
-    if out.is_err() || err.is_err() {
-        if let Some(pgid) = pgid {
-            let _ = killpg(pgid, Signal::SIGKILL);
-        }
+    if (out.is_err() || err.is_err())
+        && let Some(pgid) = pgid
+    {
+        let _ = killpg(pgid, Signal::SIGKILL);
     }
     let out = out.unwrap_or_default();
     let err = err.unwrap_or_default();

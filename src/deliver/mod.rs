@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::act::{Actors, Emitted, Outcome, Run};
 use crate::config::{RetryPolicy, Rule, Snapshot};
@@ -588,12 +589,30 @@ impl DeliveryQueue {
         }
         d.last_error = error;
         let span = tracing::info_span!("delivery", rule = %d.rule, delivery_id = %d.id, event = %d.event, attempt = d.attempts);
-        let _enter = span.enter();
+        self.conclude(rule, d, outcome, report.output, elapsed)
+            .instrument(span)
+            .await;
+    }
+
+    /// Records an attempt's outcome: done, retry later, or dead letter.
+    async fn conclude(
+        &self,
+        rule: Arc<Rule>,
+        mut d: Delivery,
+        outcome: Outcome,
+        output: Option<String>,
+        elapsed: Duration,
+    ) {
+        let report = crate::act::Report {
+            outcome: outcome.clone(),
+            output,
+        };
         match outcome {
             Outcome::Ok { .. } => {
                 tracing::info!(
                     outcome = "ok",
                     duration_ms = elapsed.as_millis() as u64,
+                    output = report.output.as_deref().map(str::trim_end).unwrap_or(""),
                     "delivered"
                 );
                 self.inner.sched.lock().expect("sched lock").remove(&d.id);
@@ -725,7 +744,7 @@ mod tests {
         assert!(!blocked(&s, "d"));
         s.remove("a");
         assert!(!blocked(&s, "b"));
-        assert!(s.chains.get(&("r".into(), "k".into())).is_some());
+        assert!(s.chains.contains_key(&("r".into(), "k".into())));
         s.remove("b");
         assert!(!s.chains.contains_key(&("r".into(), "k".into())));
     }
