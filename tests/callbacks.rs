@@ -362,3 +362,66 @@ async fn pascal_case_envelope_with_millisecond_timestamp() {
     assert!(wait_until(Duration::from_secs(10), || captured(&d).len() == 1).await);
     d.stop().await;
 }
+
+#[tokio::test]
+async fn slow_clients_get_408_and_silent_ones_are_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = format!(
+        "[server]\nrequest_timeout = \"300ms\"\nheader_timeout = \"300ms\"\n{}{}",
+        verify_section(),
+        capture_rule(r#"["*"]"#)
+    );
+    let d = Daemon::start(&config).await;
+    // Headers arrive, the body never completes.
+    let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    s.write_all(b"POST /callback HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"a\":")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply)).await;
+    assert!(read.is_ok(), "no answer to a stalled body");
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    // Nothing at all is sent: the connection is closed after the header timeout.
+    let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "silent connection kept open");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn concurrency_limits_runs_of_a_rule() {
+    let config = format!(
+        r#"{}
+[[rule]]
+name = "one-at-a-time"
+events = ["call_timeout"]
+concurrency = 1
+workdir = "{{dir}}"
+command = ["sh", "-c", "echo start >> log.txt; sleep 0.1; echo end >> log.txt"]
+"#,
+        verify_section()
+    );
+    let d = Daemon::start(&config).await;
+    for i in 0..4 {
+        let body = sign(event("call_timeout", json!({"call_id": format!("c{i}")})));
+        assert_eq!(d.post(to_body(&body)).await.0, 200);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+            d.path("log.txt")
+        )
+        .unwrap_or_default()
+        .lines()
+        .count()
+            == 8)
+        .await
+    );
+    let log = std::fs::read_to_string(d.path("log.txt")).unwrap();
+    let lines: Vec<_> = log.lines().collect();
+    for pair in lines.chunks(2) {
+        assert_eq!(pair, ["start", "end"], "runs overlapped:\n{log}");
+    }
+    d.stop().await;
+}
