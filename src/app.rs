@@ -1,12 +1,13 @@
 //! The daemon's shared state: the live config snapshot, the delivery queue, the actors.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::act::{Actors, plugin::Plugins};
-use crate::config::Snapshot;
+use crate::config::{self, Snapshot};
 use crate::deliver::{DeliveryQueue, Store};
 
 pub struct App {
@@ -15,6 +16,9 @@ pub struct App {
     pub queue: DeliveryQueue,
     pub actors: Actors,
     ready: AtomicBool,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    last_reload_error: Mutex<Option<String>>,
 }
 
 impl App {
@@ -33,11 +37,39 @@ impl App {
             queue,
             actors,
             ready: AtomicBool::new(true),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            last_reload_error: Mutex::new(None),
         }))
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.live.load_full()
+    }
+
+    /// Everything a new snapshot needs, built off the request path: the config parsed and
+    /// validated, its secrets resolved, its plugins compiled. Errors as `FILE:LINE:COL: message`
+    /// lines.
+    pub fn build_snapshot(&self, path: &Path) -> Result<Snapshot, String> {
+        config::load(path).map_err(|e| e.to_string())
+    }
+
+    /// Counts a reload and remembers the error of a failed one (for status lines).
+    pub fn record_reload(&self, error: Option<String>) {
+        let counter = if error.is_some() {
+            &self.reloads_failed
+        } else {
+            &self.reloads_ok
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        *self.last_reload_error.lock().expect("reload error lock") = error;
+    }
+
+    pub fn last_reload_error(&self) -> Option<String> {
+        self.last_reload_error
+            .lock()
+            .expect("reload error lock")
+            .clone()
     }
 
     pub fn is_ready(&self) -> bool {

@@ -11,7 +11,10 @@ use crate::act::plugin::Plugins;
 use crate::app::App;
 use crate::config::{self, ConfigError, Listen, Snapshot};
 use crate::deliver::{MemoryStore, Store};
-use crate::server;
+use crate::{reload, server, systemd};
+
+/// How often the systemd status line is refreshed.
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -58,13 +61,39 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
     let hash = snapshot.hash[..12].to_string();
     let app = App::new(snapshot, store, Plugins::default())?;
     app.queue.start();
+    let addr = listener.local_addr().map_err(anyhow::Error::from)?;
     tracing::info!(
-        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        listen = %addr,
         config = %path.display(),
         config_hash = %hash,
         rules,
         "zimhook listening"
     );
+
+    // Reloads: file changes and SIGHUP.
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(reload::run(app.clone(), path.to_path_buf(), reload_rx));
+    let mut hup = signal(SignalKind::hangup()).map_err(anyhow::Error::from)?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            let _ = reload_tx.send(reload::Trigger::Signal).await;
+        }
+    });
+
+    systemd::ready(&systemd::summary(&app));
+    if let Some(every) = systemd::watchdog_interval() {
+        tokio::spawn(systemd::watchdog(addr, every, app.actors.http.clone()));
+    }
+    let status_app = app.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STATUS_EVERY);
+        loop {
+            tick.tick().await;
+            systemd::status(&systemd::summary(&status_app));
+        }
+    });
+
     let mut term = signal(SignalKind::terminate()).map_err(anyhow::Error::from)?;
     let mut int = signal(SignalKind::interrupt()).map_err(anyhow::Error::from)?;
     let shutdown = async move {
@@ -72,6 +101,7 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = int.recv() => tracing::info!("SIGINT: stopping"),
         }
+        systemd::stopping();
     };
     server::serve(listener, app.clone(), shutdown).await?;
     app.set_ready(false);

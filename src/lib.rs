@@ -21,6 +21,8 @@
 //! - [`deliver`]: the delivery queue, its store, workers, retries and dead letters.
 //! - [`act`]: running one action once (command, forward, plugin).
 //! - [`config`]: TOML → validated [`config::Snapshot`], with positions on every error.
+//! - [`reload`]: watching the config and plugins, SIGHUP, atomic swaps.
+//! - [`systemd`]: readiness, reload and stop notifications, the watchdog.
 //! - [`template`]: the template engine shared by `when`, argv, URLs, headers and bodies.
 //! - [`events`]: the catalog of ZEGO event names.
 //! - [`cli`]: the `check`, `sign` and `send` commands; [`daemon`]: `run`.
@@ -36,7 +38,9 @@ pub mod deliver;
 pub mod events;
 pub mod handle;
 pub mod receive;
+pub mod reload;
 pub mod route;
 pub mod server;
+pub mod systemd;
 pub mod template;
 pub mod verify;

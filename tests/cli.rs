@@ -2,9 +2,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use common::process::{Running, free_port};
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zimhook");
@@ -120,78 +121,6 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// The daemon as a child process, stopped (SIGTERM) on drop.
-struct Running {
-    child: Child,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Running {
-    fn start(config: &Path, cwd: &Path) -> Running {
-        let mut child = Command::new(BIN)
-            .args(["run", "-c"])
-            .arg(config)
-            .current_dir(cwd)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        let r = Running { child, stderr };
-        assert!(
-            r.wait_log("zimhook listening", Duration::from_secs(20)),
-            "daemon did not start:\n{}",
-            r.log()
-        );
-        r
-    }
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-    fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if self.log().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-    fn terminate(&mut self) -> Option<i32> {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        self.child.wait().unwrap().code()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn send_reaches_a_running_daemon_and_sigterm_exits_0() {
     let dir = tempfile::tempdir().unwrap();
@@ -204,7 +133,7 @@ fn send_reaches_a_running_daemon_and_sigterm_exits_0() {
         ),
     )
     .unwrap();
-    let mut daemon = Running::start(&config, dir.path());
+    let mut daemon = Running::start(&config, dir.path(), &[]);
     let out = Command::new(BIN)
         .args(["send", "-c"])
         .arg(&config)

@@ -1,6 +1,8 @@
 //! Test helpers: an in-process daemon on 127.0.0.1:0, a recording HTTP target, signing.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

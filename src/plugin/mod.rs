@@ -1,0 +1,486 @@
+//! The plugin action: runs WebAssembly components of the `zimhook:plugin/handler` world
+//! (`plugins/wit/handler.wit`) with wasmtime.
+//!
+//! This module owns the wasmtime side and nothing else: one [`PluginHost`] (one `Engine`, one
+//! epoch ticker thread, one linker) for the daemon; [`PluginHost::load`] compiles a file into a
+//! [`Plugin`] once, off the request path; [`Plugin::handle`] runs one event in a fresh instance.
+//! Which rule runs which plugin, with what config and limits, and what happens to its answer
+//! and emitted events, belongs to the caller. It depends on no other zimhook module.
+//!
+//! Every call gets a new `Store` with
+//! - a memory cap ([`CallLimits::memory`], through a `ResourceLimiter`),
+//! - a deadline ([`CallLimits::timeout`], through epoch interruption: the ticker advances the
+//!   epoch every millisecond, and each tick past the deadline stops the guest),
+//! - the whole WASI 0.2 surface, closed: no preopened directories, no environment, no
+//!   arguments, no sockets or name lookup, empty stdin; stdout and stderr go to capped buffers
+//!   that are written to the log after the call.
+//!
+//! Calls are async: the guest yields to the executor at every tick, so even a plugin that
+//! loops forever holds a tokio worker for at most a millisecond at a time, and for no longer
+//! than its timeout in total.
+//!
+//! Instances come from wasmtime's pooling allocator and are pre-linked (`HandlerPre`), so a
+//! call costs microseconds: see `benches/plugin.rs`.
+//!
+//! # Layout
+//! - `mod.rs`: the public API: host, loading, calling, errors.
+//! - `store.rs`: what one call owns: WASI context, memory limiter, captured output, `host.log`.
+//! - `cache.rs`: the on-disk cache of compiled components.
+//! - `ticker.rs`: the epoch ticker thread.
+
+mod cache;
+mod store;
+mod ticker;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{Trap, UpdateDeadline};
+
+use self::cache::ComponentCache;
+use self::store::CallState;
+use self::ticker::EpochTicker;
+
+/// Bindings of `plugins/wit/handler.wit`, generated at build time.
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "plugins/wit",
+        world: "handler",
+        exports: { default: async },
+    });
+}
+
+use bindings::{Handler, HandlerPre};
+
+/// The world every plugin must implement, for messages.
+const WORLD: &str = "zimhook:plugin/handler@0.1.0";
+
+/// Settings fixed for the daemon's lifetime (they shape the engine and its instance pool).
+#[derive(Debug, Clone)]
+pub struct HostSettings {
+    /// Linear memory per instance, in bytes: the most any call's [`CallLimits::memory`] can get.
+    pub memory_limit: usize,
+    /// Plugin instances alive at once, across all plugins; one more call fails to instantiate
+    /// until one finishes.
+    pub max_instances: u32,
+    /// Where compiled plugins are cached; `None` compiles every load.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        HostSettings {
+            memory_limit: 64 << 20,
+            max_instances: 100,
+            cache_dir: None,
+        }
+    }
+}
+
+/// The daemon's wasmtime: one engine, one epoch ticker, one linker. Cheap to clone (all clones
+/// share them); the ticker stops when the last clone, and the last [`Plugin`], is dropped.
+#[derive(Clone)]
+pub struct PluginHost {
+    inner: Arc<HostInner>,
+}
+
+struct HostInner {
+    engine: Engine,
+    linker: Linker<CallState>,
+    settings: HostSettings,
+    cache: Option<ComponentCache>,
+    ticker: EpochTicker,
+}
+
+impl fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginHost {
+    /// Creates the engine (epoch interruption, pooling allocator sized by `settings`), its
+    /// linker, and starts the epoch ticker thread.
+    pub fn new(settings: HostSettings) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            settings.memory_limit > 0,
+            "plugin memory limit must be above 0"
+        );
+        anyhow::ensure!(
+            settings.max_instances > 0,
+            "plugin instance limit must be above 0"
+        );
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(&settings)));
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+
+        let cache = settings
+            .cache_dir
+            .clone()
+            .map(|dir| ComponentCache::new(&engine, dir));
+        let ticker = EpochTicker::start(engine.clone())?;
+        Ok(PluginHost {
+            inner: Arc::new(HostInner {
+                engine,
+                linker,
+                settings,
+                cache,
+                ticker,
+            }),
+        })
+    }
+
+    /// Reads, compiles (or loads from the cache) and pre-instantiates the plugin at `path`,
+    /// checking that it is a component of the `zimhook:plugin/handler` world.
+    ///
+    /// Blocking, and up to hundreds of milliseconds for a cache miss: run it off the request
+    /// path (`spawn_blocking`, or the reload task).
+    pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
+        let shown = path.display();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        check_header(&bytes).map_err(|what| LoadError::NotComponent(format!("{shown} {what}")))?;
+        let digest = cache::sha256_hex(&bytes);
+
+        let engine = &self.inner.engine;
+        let cached = self
+            .inner
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(engine, &digest));
+        let component = match cached {
+            Some(component) => component,
+            None => {
+                let component = Component::new(engine, &bytes)
+                    .map_err(|e| LoadError::Compile(format!("cannot compile {shown}: {e:#}")))?;
+                if let Some(cache) = &self.inner.cache {
+                    cache.put(&digest, &component);
+                }
+                component
+            }
+        };
+
+        let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
+            LoadError::WrongWorld(format!(
+                "{shown} needs imports outside the {WORLD} world and WASI 0.2: {e:#}"
+            ))
+        })?;
+        let pre = HandlerPre::new(instance_pre).map_err(|e| {
+            LoadError::WrongWorld(format!(
+                "{shown} does not export `handle` of {WORLD}: {e:#}"
+            ))
+        })?;
+
+        let name = path
+            .file_name()
+            .map_or_else(|| shown.to_string(), |n| n.to_string_lossy().into_owned());
+        Ok(Plugin {
+            inner: Arc::new(PluginInner {
+                host: self.inner.clone(),
+                pre,
+                path: path.to_owned(),
+                name: name.into(),
+                digest,
+            }),
+        })
+    }
+}
+
+/// The pool that every call's instance, memory, tables and async stack come from.
+fn pooling(settings: &HostSettings) -> PoolingAllocationConfig {
+    let n = settings.max_instances;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(n)
+        // A Rust plugin is a few core instances (the program plus wit-component shims) with
+        // one memory and a few tables; leave room for other toolchains' layouts.
+        .total_core_instances(n.saturating_mul(8))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(8))
+        .total_stacks(n)
+        .max_core_instances_per_component(32)
+        .max_memories_per_component(4)
+        .max_tables_per_component(16)
+        .max_memory_size(settings.memory_limit)
+        // Return memory to the OS in batches rather than one madvise per instance.
+        .decommit_batch_size(16);
+    pool
+}
+
+/// Why a file is not a component, if the header says so (`Err` completes "FILE ...").
+fn check_header(bytes: &[u8]) -> Result<(), &'static str> {
+    match bytes {
+        [0, b'a', b's', b'm', 1, 0, 0, 0, ..] => {
+            Err("is a core module, not a component: build it for wasm32-wasip2")
+        }
+        [0, b'a', b's', b'm', _, _, 1, 0, ..] => Ok(()),
+        [0, b'a', b's', b'm', ..] => Err("is a WebAssembly binary of an unknown version"),
+        _ => Err("is not a WebAssembly component (no `\\0asm` header)"),
+    }
+}
+
+/// A compiled, pre-linked plugin. Cheap to clone; keeps its [`PluginHost`]'s engine alive.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+struct PluginInner {
+    host: Arc<HostInner>,
+    pre: HandlerPre<CallState>,
+    path: PathBuf,
+    /// The file name: the `plugin` field of its log lines.
+    name: Arc<str>,
+    digest: String,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("path", &self.inner.path)
+            .field("digest", &self.inner.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One event for [`Plugin::handle`]: the WIT `event` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginEvent {
+    pub name: String,
+    pub appid: String,
+    /// The callback object as JSON text.
+    pub payload: String,
+    /// The rule's `config` as JSON text (`"{}"` if none).
+    pub config: String,
+}
+
+/// Limits of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Wall-clock time for instantiation and the call together, measured to about a
+    /// millisecond.
+    pub timeout: Duration,
+    /// Linear memory in bytes; capped at [`HostSettings::memory_limit`].
+    pub memory: usize,
+}
+
+/// What a plugin returned with `ok`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginOutcome {
+    /// The reply for a sync rule (JSON text, unchecked).
+    pub response: Option<String>,
+    pub emit: Vec<Emitted>,
+}
+
+/// An event a plugin asks zimhook to route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emitted {
+    pub name: String,
+    /// JSON object text, unchecked.
+    pub payload: String,
+}
+
+impl Plugin {
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The sha256 of the file (lowercase hex).
+    pub fn digest(&self) -> &str {
+        &self.inner.digest
+    }
+
+    /// Runs `event` in a fresh instance within `limits`. Whatever the plugin does (loop, grow,
+    /// trap), the instance is gone afterwards and the next call starts clean.
+    pub async fn handle(
+        &self,
+        event: PluginEvent,
+        limits: CallLimits,
+    ) -> Result<PluginOutcome, PluginError> {
+        let inner = &*self.inner;
+        let host = &*inner.host;
+        let memory = limits.memory.min(host.settings.memory_limit);
+        let mut store = Store::new(&host.engine, CallState::new(inner.name.clone(), memory));
+        store.limiter(|state| &mut state.limiter);
+        let deadline = Instant::now() + limits.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let _busy = host.ticker.busy();
+        let event = bindings::zimhook::plugin::types::Event {
+            name: event.name,
+            appid: event.appid,
+            payload: event.payload,
+            config: event.config,
+        };
+        let instance = match inner.pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance,
+            Err(e) => {
+                store.data().log_output();
+                return Err(call_error(e, &store, limits, memory, Stage::Instantiate));
+            }
+        };
+        let result = instance.call_handle(&mut store, &event).await;
+        store.data().log_output();
+        match result {
+            Ok(Ok(outcome)) => Ok(PluginOutcome {
+                response: outcome.response,
+                emit: outcome
+                    .emit
+                    .into_iter()
+                    .map(|e| Emitted {
+                        name: e.name,
+                        payload: e.payload,
+                    })
+                    .collect(),
+            }),
+            Ok(Err(message)) => Err(PluginError::Returned(message)),
+            Err(e) => Err(call_error(e, &store, limits, memory, Stage::Call)),
+        }
+    }
+}
+
+enum Stage {
+    Instantiate,
+    Call,
+}
+
+/// Names a failed call for what it was: late, out of memory, or a trap.
+fn call_error(
+    error: wasmtime::Error,
+    store: &Store<CallState>,
+    limits: CallLimits,
+    memory: usize,
+    stage: Stage,
+) -> PluginError {
+    if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        return PluginError::Timeout(limits.timeout);
+    }
+    if store.data().limiter.hit {
+        return PluginError::MemoryLimit(memory);
+    }
+    // The wasm backtrace is for the plugin's author, not for the error message.
+    tracing::debug!(plugin = &*store.data().plugin, "plugin failed: {error:?}");
+    let mut message = error.root_cause().to_string();
+    if let Some(said) = store.data().stderr_summary() {
+        message = format!("{message} (stderr: {said})");
+    }
+    match stage {
+        Stage::Instantiate => PluginError::Instantiate(message),
+        Stage::Call => PluginError::Trap(message),
+    }
+}
+
+/// Why a plugin could not be loaded. Messages name the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not a component: a core module, or not WebAssembly at all.
+    #[error("{0}")]
+    NotComponent(String),
+    /// A component, but not of the `zimhook:plugin/handler` world.
+    #[error("{0}")]
+    WrongWorld(String),
+    #[error("{0}")]
+    Compile(String),
+}
+
+/// Why a call did not return `ok`.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("plugin did not finish within {}", DisplayDuration(*.0))]
+    Timeout(Duration),
+    #[error("plugin went over its memory limit of {}", DisplayBytes(*.0))]
+    MemoryLimit(usize),
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    /// The plugin returned `err(message)`.
+    #[error("plugin returned an error: {0}")]
+    Returned(String),
+    /// No instance could be made: the instance pool is full, or the plugin's start-up failed.
+    #[error("cannot instantiate plugin: {0}")]
+    Instantiate(String),
+}
+
+struct DisplayDuration(Duration);
+
+impl fmt::Display for DisplayDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms > 0 && ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else if ms > 0 {
+            write!(f, "{ms}ms")
+        } else {
+            write!(f, "{:?}", self.0)
+        }
+    }
+}
+
+struct DisplayBytes(usize);
+
+impl fmt::Display for DisplayBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MIB: usize = 1 << 20;
+        const KIB: usize = 1 << 10;
+        match self.0 {
+            n if n >= MIB && n % MIB == 0 => write!(f, "{}MiB", n / MIB),
+            n if n >= KIB && n % KIB == 0 => write!(f, "{}KiB", n / KIB),
+            n => write!(f, "{n} bytes"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_tells_core_modules_from_components() {
+        let core = [0, b'a', b's', b'm', 1, 0, 0, 0];
+        let component = [0, b'a', b's', b'm', 0x0d, 0, 1, 0];
+        assert!(check_header(&core).unwrap_err().contains("core module"));
+        assert_eq!(check_header(&component), Ok(()));
+        assert!(
+            check_header(b"hello")
+                .unwrap_err()
+                .contains("not a WebAssembly")
+        );
+        assert!(check_header(&[]).is_err());
+    }
+
+    #[test]
+    fn error_messages() {
+        let e = PluginError::Timeout(Duration::from_millis(500));
+        assert_eq!(e.to_string(), "plugin did not finish within 500ms");
+        let e = PluginError::Timeout(Duration::from_secs(2));
+        assert_eq!(e.to_string(), "plugin did not finish within 2s");
+        let e = PluginError::MemoryLimit(64 << 20);
+        assert_eq!(e.to_string(), "plugin went over its memory limit of 64MiB");
+        assert_eq!(DisplayBytes(1000).to_string(), "1000 bytes");
+    }
+}
