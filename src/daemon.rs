@@ -9,8 +9,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::act::plugin::Plugins;
 use crate::app::App;
-use crate::config::{self, ConfigError, Listen, Snapshot};
-use crate::deliver::{MemoryStore, Store};
+use crate::config::{self, ConfigError, Listen, Snapshot, StoreKind, StoreSettings};
+use crate::deliver::{MemoryStore, RedbStore, Store};
 use crate::{reload, server, systemd};
 
 /// How often the systemd status line is refreshed.
@@ -52,9 +52,24 @@ pub async fn bind(listen: &Listen) -> anyhow::Result<TcpListener> {
     }
 }
 
+/// Opens the configured store (a redb file left by a crash is repaired here).
+pub fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> {
+    match settings.kind {
+        StoreKind::Redb => {
+            let store = RedbStore::open(&settings.path)?;
+            tracing::info!(path = %settings.path.display(), "store open");
+            Ok(Arc::new(store))
+        }
+        StoreKind::Memory => {
+            tracing::warn!("store.kind = \"memory\": queued deliveries are lost on restart");
+            Ok(Arc::new(MemoryStore::new()))
+        }
+    }
+}
+
 pub async fn run(path: &Path) -> Result<(), DaemonError> {
     let snapshot = load(path)?;
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let store = open_store(&snapshot.store)?;
     let listener = bind(&snapshot.server.listen).await?;
     let grace = snapshot.server.shutdown_grace;
     let rules = snapshot.rules.len();

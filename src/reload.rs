@@ -43,6 +43,9 @@ pub async fn reload(app: &Arc<App>, path: &Path) -> Result<Arc<Snapshot>, String
     if new.store.path != current.store.path {
         refused.push("store.path");
     }
+    if new.store.kind != current.store.kind {
+        refused.push("store.kind");
+    }
     if new.admin.as_ref().map(|a| &a.listen) != current.admin.as_ref().map(|a| &a.listen) {
         refused.push("admin.listen");
     }

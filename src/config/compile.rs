@@ -124,6 +124,7 @@ pub(super) fn compile(file: &Path, text: &str, hash: String) -> Result<Snapshot,
     });
     let verify = verify_settings(&mut c, &raw);
     let store = StoreSettings {
+        kind: store_kind(&mut c, &raw),
         path: c.path(
             raw.store
                 .path
@@ -279,6 +280,23 @@ fn server_settings(c: &mut Checker, raw: &RawConfig) -> ServerSettings {
             .unwrap_or(DEFAULT_MAX_CONNECTIONS)
             .max(1) as usize,
         shutdown_grace: c.duration(&s.shutdown_grace, DEFAULT_SHUTDOWN_GRACE),
+    }
+}
+
+fn store_kind(c: &mut Checker, raw: &RawConfig) -> StoreKind {
+    match &raw.store.kind {
+        None => StoreKind::Redb,
+        Some(k) => match k.get_ref().as_str() {
+            "redb" => StoreKind::Redb,
+            "memory" => StoreKind::Memory,
+            other => {
+                c.error(
+                    k.span(),
+                    format!("store.kind {other:?}: expected \"redb\" or \"memory\""),
+                );
+                StoreKind::Redb
+            }
+        },
     }
 }
 

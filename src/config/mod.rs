@@ -140,9 +140,19 @@ impl VerifySettings {
 
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
+    pub kind: StoreKind,
     pub path: PathBuf,
     pub max_queued: u64,
     pub workers: usize,
+}
+
+/// Where the queue and the replay table live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The redb file at `store.path`: survives restarts and crashes.
+    Redb,
+    /// Memory only: lost on restart. For tests and throwaway setups.
+    Memory,
 }
 
 #[derive(Debug, Clone)]

@@ -64,6 +64,8 @@ pub enum RawAppId {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
+    /// `"redb"` (the default) or `"memory"`.
+    pub kind: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
     pub max_queued: Option<Spanned<u64>>,
     pub workers: Option<Spanned<u32>>,

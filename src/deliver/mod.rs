@@ -6,6 +6,7 @@
 //! The scheduler keeps an in-memory index of the pending deliveries (due time, per-rule
 //! concurrency, `order_by` chains); the store is the truth it is rebuilt from on start.
 
+pub mod redb_store;
 pub mod store;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -25,6 +26,7 @@ use crate::act::{Actors, Emitted, Outcome, Run};
 use crate::config::{RetryPolicy, Rule, Snapshot};
 use crate::receive::Callback;
 use crate::route;
+pub use redb_store::RedbStore;
 pub use store::{Accepted, MemoryStore, ReplayEntry, Seen, Store, StoreError};
 
 /// Events emitted by plugins are routed again up to this depth; deeper ones are dropped.

@@ -1,0 +1,678 @@
+//! The durable [`Store`]: one redb file holding the pending deliveries, the dead letters and the
+//! replay table. What to store and when is the queue's business; this module only makes it
+//! atomic and on disk.
+//!
+//! Every write goes through one writer thread that commits in groups: it takes every request
+//! queued while its previous commit was running, applies them in order in one write transaction
+//! and commits once (fsync), then answers each. Under load one fsync serves many callbacks, and
+//! a caller still hears back only once its write is on disk. Reads open read transactions
+//! directly, beside the writer.
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
+};
+
+use super::store::{Accepted, ReplayEntry, Seen, Store, StoreError};
+use super::{Delivery, DeliveryState};
+
+/// Delivery id → the delivery as JSON.
+const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending");
+/// Delivery id → the dead letter as JSON.
+const DEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("dead");
+/// Replay key → [`encode_replay`].
+const REPLAY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("replay");
+/// `"format"` → [`FORMAT`]: a file written in another layout is refused, not misread.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const FORMAT: u64 = 1;
+/// Requests applied in one transaction at most, so that one commit stays short.
+const MAX_BATCH: usize = 1024;
+
+/// The redb-backed store. Dropping it stops the writer thread and closes the file.
+pub struct RedbStore {
+    path: PathBuf,
+    db: Arc<Database>,
+    requests: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    commits: Arc<AtomicU64>,
+}
+
+/// One write, encoded by the caller (serializing is not the writer's work).
+enum Write {
+    Accept {
+        replay: Option<(Vec<u8>, Vec<u8>)>,
+        deliveries: Vec<(String, Vec<u8>)>,
+        now_ms: u64,
+    },
+    Save {
+        id: String,
+        state: DeliveryState,
+        json: Vec<u8>,
+    },
+    Remove(String),
+    PurgeReplay(u64),
+}
+
+enum Done {
+    Accepted(Accepted),
+    Saved,
+    Removed(bool),
+    Purged(usize),
+}
+
+struct Request {
+    write: Write,
+    reply: mpsc::SyncSender<Result<Done, StoreError>>,
+}
+
+impl RedbStore {
+    /// Opens the store at `path`, creating the file and its folder if missing. A file left by a
+    /// crash is repaired here.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let fail = |e: &dyn Display| StoreError(format!("cannot open {}: {e}", path.display()));
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError(format!("cannot create folder {}: {e}", dir.display())))?;
+        }
+        let db = Database::create(path).map_err(|e| fail(&e))?;
+        init(&db).map_err(|e| fail(&e))?;
+        let db = Arc::new(db);
+        let commits = Arc::new(AtomicU64::new(0));
+        let (requests, inbox) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("zimhook-store".into())
+            .spawn({
+                let (db, commits) = (db.clone(), commits.clone());
+                move || run_writer(&db, &inbox, &commits)
+            })
+            .map_err(|e| fail(&e))?;
+        Ok(RedbStore {
+            path: path.to_path_buf(),
+            db,
+            requests: Some(requests),
+            writer: Some(writer),
+            commits,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Transactions committed so far (each one fsync), for tests and metrics.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Hands `write` to the writer thread and waits until it is committed.
+    fn write(&self, write: Write) -> Result<Done, StoreError> {
+        let stopped = || StoreError("writer thread stopped".into());
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.requests
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(Request { write, reply })
+            .map_err(|_| stopped())?;
+        answer.recv().map_err(|_| stopped())?
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        f(&txn)
+    }
+
+    fn all(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<Delivery>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(table).map_err(db_error)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(db_error)? {
+                let (id, json) = entry.map_err(db_error)?;
+                out.push(decode_delivery(id.value(), json.value())?);
+            }
+            Ok(out)
+        })
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer once it has answered what is queued.
+        drop(self.requests.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Store for RedbStore {
+    fn check_replay(&self, key: &[u8], now_ms: u64) -> Result<Option<Seen>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(REPLAY).map_err(db_error)?;
+            let Some(value) = table.get(key).map_err(db_error)? else {
+                return Ok(None);
+            };
+            let (seen, expires_ms) = decode_replay(value.value())?;
+            Ok((expires_ms > now_ms).then_some(seen))
+        })
+    }
+
+    fn accept(
+        &self,
+        replay: Option<&ReplayEntry>,
+        deliveries: &[Delivery],
+        now_ms: u64,
+    ) -> Result<Accepted, StoreError> {
+        let deliveries = deliveries
+            .iter()
+            .map(|d| Ok((d.id.clone(), encode_delivery(d)?)))
+            .collect::<Result<_, StoreError>>()?;
+        let replay = replay.map(|r| (r.key.clone(), encode_replay(r)));
+        match self.write(Write::Accept {
+            replay,
+            deliveries,
+            now_ms,
+        })? {
+            Done::Accepted(a) => Ok(a),
+            _ => unreachable!("accept answers Accepted"),
+        }
+    }
+
+    fn pending(&self) -> Result<Vec<Delivery>, StoreError> {
+        self.all(PENDING)
+    }
+
+    fn dead(&self) -> Result<Vec<Delivery>, StoreError> {
+        self.all(DEAD)
+    }
+
+    fn get(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        self.read(|txn| {
+            for def in [PENDING, DEAD] {
+                let table = txn.open_table(def).map_err(db_error)?;
+                if let Some(json) = table.get(id).map_err(db_error)? {
+                    return decode_delivery(id, json.value()).map(Some);
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    fn save(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let json = encode_delivery(delivery)?;
+        self.write(Write::Save {
+            id: delivery.id.clone(),
+            state: delivery.state,
+            json,
+        })
+        .map(|_| ())
+    }
+
+    fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        match self.write(Write::Remove(id.to_string()))? {
+            Done::Removed(found) => Ok(found),
+            _ => unreachable!("remove answers Removed"),
+        }
+    }
+
+    fn purge_replay(&self, now_ms: u64) -> Result<usize, StoreError> {
+        match self.write(Write::PurgeReplay(now_ms))? {
+            Done::Purged(n) => Ok(n),
+            _ => unreachable!("purge answers Purged"),
+        }
+    }
+}
+
+/// Creates the tables (so that read transactions find them) and checks the file's format.
+fn init(db: &Database) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        let format = meta
+            .get("format")
+            .map_err(|e| e.to_string())?
+            .map(|v| v.value());
+        match format {
+            None => {
+                meta.insert("format", FORMAT).map_err(|e| e.to_string())?;
+            }
+            Some(FORMAT) => {}
+            Some(other) => {
+                return Err(format!(
+                    "store format {other} is not the one this zimhook reads ({FORMAT})"
+                ));
+            }
+        }
+        for def in [PENDING, DEAD] {
+            txn.open_table(def).map_err(|e| e.to_string())?;
+        }
+        txn.open_table(REPLAY).map_err(|e| e.to_string())?;
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+/// The writer thread: one transaction and one commit per batch of queued requests.
+fn run_writer(db: &Database, inbox: &mpsc::Receiver<Request>, commits: &AtomicU64) {
+    while let Ok(first) = inbox.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match inbox.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        match apply_batch(db, &batch) {
+            Ok((done, committed)) => {
+                if committed {
+                    commits.fetch_add(1, Ordering::Relaxed);
+                }
+                for (req, done) in batch.into_iter().zip(done) {
+                    let _ = req.reply.send(Ok(done));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = batch.len(), "store write failed");
+                for req in batch {
+                    let _ = req.reply.send(Err(StoreError(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Applies `batch` in order in one write transaction; commits it (durably) if anything changed.
+fn apply_batch(db: &Database, batch: &[Request]) -> Result<(Vec<Done>, bool), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let mut done = Vec::with_capacity(batch.len());
+    let mut changed = false;
+    {
+        let mut tables = Tables::open(&txn)?;
+        for req in batch {
+            let (d, c) = tables.apply(&req.write)?;
+            done.push(d);
+            changed |= c;
+        }
+    }
+    if changed {
+        txn.commit()?;
+    } else {
+        txn.abort()?;
+    }
+    Ok((done, changed))
+}
+
+struct Tables<'t> {
+    pending: Table<'t, &'static str, &'static [u8]>,
+    dead: Table<'t, &'static str, &'static [u8]>,
+    replay: Table<'t, &'static [u8], &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Tables {
+            pending: txn.open_table(PENDING)?,
+            dead: txn.open_table(DEAD)?,
+            replay: txn.open_table(REPLAY)?,
+        })
+    }
+
+    /// One write; also says whether it changed anything.
+    fn apply(&mut self, write: &Write) -> Result<(Done, bool), redb::Error> {
+        match write {
+            Write::Accept {
+                replay,
+                deliveries,
+                now_ms,
+            } => {
+                if let Some((key, value)) = replay {
+                    let live = match self.replay.get(key.as_slice())? {
+                        // A value that cannot be decoded is treated as absent and overwritten.
+                        Some(v) => decode_replay(v.value())
+                            .ok()
+                            .filter(|(_, expires_ms)| expires_ms > now_ms),
+                        None => None,
+                    };
+                    if let Some((seen, _)) = live {
+                        return Ok((Done::Accepted(Accepted::Existing(seen)), false));
+                    }
+                    self.replay.insert(key.as_slice(), value.as_slice())?;
+                }
+                for (id, json) in deliveries {
+                    self.pending.insert(id.as_str(), json.as_slice())?;
+                }
+                let changed = replay.is_some() || !deliveries.is_empty();
+                Ok((Done::Accepted(Accepted::New), changed))
+            }
+            Write::Save { id, state, json } => {
+                let (to, from) = match state {
+                    DeliveryState::Pending => (&mut self.pending, &mut self.dead),
+                    DeliveryState::Dead => (&mut self.dead, &mut self.pending),
+                };
+                from.remove(id.as_str())?;
+                to.insert(id.as_str(), json.as_slice())?;
+                Ok((Done::Saved, true))
+            }
+            Write::Remove(id) => {
+                let pending = self.pending.remove(id.as_str())?.is_some();
+                let dead = self.dead.remove(id.as_str())?.is_some();
+                Ok((Done::Removed(pending || dead), pending || dead))
+            }
+            Write::PurgeReplay(now_ms) => {
+                let mut purged = 0;
+                self.replay.retain(|_, value| {
+                    let keep =
+                        decode_replay(value).is_ok_and(|(_, expires_ms)| expires_ms > *now_ms);
+                    purged += usize::from(!keep);
+                    keep
+                })?;
+                Ok((Done::Purged(purged), purged > 0))
+            }
+        }
+    }
+}
+
+/// A replay value: the body's hash (32 bytes), `expires_ms` (8 bytes, big-endian), the reply.
+fn encode_replay(r: &ReplayEntry) -> Vec<u8> {
+    let mut v = Vec::with_capacity(40 + r.reply.len());
+    v.extend_from_slice(&r.body_hash);
+    v.extend_from_slice(&r.expires_ms.to_be_bytes());
+    v.extend_from_slice(&r.reply);
+    v
+}
+
+fn decode_replay(v: &[u8]) -> Result<(Seen, u64), StoreError> {
+    if v.len() < 40 {
+        return Err(StoreError(format!(
+            "replay entry of {} bytes is too short",
+            v.len()
+        )));
+    }
+    let (hash, rest) = v.split_at(32);
+    let (expires, reply) = rest.split_at(8);
+    let seen = Seen {
+        body_hash: hash.try_into().expect("32 bytes"),
+        reply: Bytes::copy_from_slice(reply),
+    };
+    Ok((
+        seen,
+        u64::from_be_bytes(expires.try_into().expect("8 bytes")),
+    ))
+}
+
+fn encode_delivery(d: &Delivery) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(d)
+        .map_err(|e| StoreError(format!("delivery {} cannot be encoded: {e}", d.id)))
+}
+
+fn decode_delivery(id: &str, json: &[u8]) -> Result<Delivery, StoreError> {
+    serde_json::from_slice(json)
+        .map_err(|e| StoreError(format!("delivery {id} cannot be read: {e}")))
+}
+
+fn db_error(e: impl Into<redb::Error>) -> StoreError {
+    StoreError(e.into().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn delivery(id: &str) -> Delivery {
+        Delivery {
+            id: id.into(),
+            rule: "r".into(),
+            event: "call_timeout".into(),
+            body: format!(r#"{{"call_id":"{id}"}}"#),
+            order_key: None,
+            depth: 0,
+            created_ms: 1,
+            due_ms: 1,
+            attempts: 0,
+            state: DeliveryState::Pending,
+            last_error: None,
+            history: vec![],
+        }
+    }
+
+    fn entry(key: &str, body: u8, expires_ms: u64) -> ReplayEntry {
+        ReplayEntry {
+            key: key.as_bytes().to_vec(),
+            body_hash: [body; 32],
+            reply: Bytes::from(format!("reply-{key}")),
+            expires_ms,
+        }
+    }
+
+    fn ids(v: Vec<Delivery>) -> BTreeSet<String> {
+        v.into_iter().map(|d| d.id).collect()
+    }
+
+    #[test]
+    fn accepted_deliveries_and_replay_entries_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        // The folder is created too.
+        let path = dir.path().join("data/nested/zimhook.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            let a = store
+                .accept(
+                    Some(&entry("k1", 1, 1_000)),
+                    &[delivery("a"), delivery("b")],
+                    0,
+                )
+                .unwrap();
+            assert_eq!(a, Accepted::New);
+            assert_eq!(
+                store.accept(None, &[delivery("c")], 0).unwrap(),
+                Accepted::New
+            );
+        }
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(
+            ids(store.pending().unwrap()),
+            ids(vec![delivery("a"), delivery("b"), delivery("c")])
+        );
+        assert_eq!(store.get("a").unwrap(), Some(delivery("a")));
+        let seen = store.check_replay(b"k1", 500).unwrap().unwrap();
+        assert_eq!(seen.body_hash, [1; 32]);
+        assert_eq!(seen.reply, Bytes::from("reply-k1"));
+        // Expired entries are not live.
+        assert_eq!(store.check_replay(b"k1", 1_000).unwrap(), None);
+        assert_eq!(store.check_replay(b"other", 0).unwrap(), None);
+    }
+
+    #[test]
+    fn a_live_replay_key_writes_nothing_and_an_expired_one_is_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        store
+            .accept(Some(&entry("k", 1, 1_000)), &[delivery("a")], 0)
+            .unwrap();
+        let commits = store.commits();
+        let again = store
+            .accept(Some(&entry("k", 2, 5_000)), &[delivery("b")], 10)
+            .unwrap();
+        let Accepted::Existing(seen) = again else {
+            panic!("expected Existing, got {again:?}");
+        };
+        assert_eq!(seen.body_hash, [1; 32]);
+        assert_eq!(ids(store.pending().unwrap()), ids(vec![delivery("a")]));
+        // Nothing changed, so nothing was committed.
+        assert_eq!(store.commits(), commits);
+
+        let later = store
+            .accept(Some(&entry("k", 3, 9_000)), &[delivery("c")], 2_000)
+            .unwrap();
+        assert_eq!(later, Accepted::New);
+        assert_eq!(
+            store.check_replay(b"k", 2_000).unwrap().unwrap().body_hash,
+            [3; 32]
+        );
+        assert_eq!(
+            ids(store.pending().unwrap()),
+            ids(vec![delivery("a"), delivery("c")])
+        );
+    }
+
+    #[test]
+    fn identical_keys_in_one_batch_resolve_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        let request = |body: u8, id: &str| {
+            let (reply, _) = mpsc::sync_channel(1);
+            let r = entry("same", body, 1_000);
+            Request {
+                write: Write::Accept {
+                    replay: Some((r.key.clone(), encode_replay(&r))),
+                    deliveries: vec![(id.to_string(), encode_delivery(&delivery(id)).unwrap())],
+                    now_ms: 0,
+                },
+                reply,
+            }
+        };
+        let batch = [request(1, "first"), request(2, "second")];
+        let (done, committed) = apply_batch(&store.db, &batch).unwrap();
+        assert!(committed);
+        assert!(matches!(done[0], Done::Accepted(Accepted::New)));
+        match &done[1] {
+            Done::Accepted(Accepted::Existing(seen)) => assert_eq!(seen.body_hash, [1; 32]),
+            _ => panic!("the second request with the same key must be Existing"),
+        }
+        assert_eq!(ids(store.pending().unwrap()), ids(vec![delivery("first")]));
+    }
+
+    #[test]
+    fn save_moves_a_delivery_between_pending_and_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = RedbStore::open(&path).unwrap();
+        store
+            .accept(None, &[delivery("a"), delivery("b")], 0)
+            .unwrap();
+
+        let mut a = delivery("a");
+        a.state = DeliveryState::Dead;
+        a.attempts = 3;
+        a.last_error = Some("connection refused".into());
+        store.save(&a).unwrap();
+        assert_eq!(ids(store.pending().unwrap()), ids(vec![delivery("b")]));
+        assert_eq!(store.dead().unwrap(), vec![a.clone()]);
+        assert_eq!(store.get("a").unwrap(), Some(a.clone()));
+
+        // A retry in the same state updates it in place.
+        let mut b = delivery("b");
+        b.attempts = 1;
+        store.save(&b).unwrap();
+        assert_eq!(store.get("b").unwrap(), Some(b));
+
+        a.state = DeliveryState::Pending;
+        a.attempts = 0;
+        store.save(&a).unwrap();
+        drop(store);
+        let store = RedbStore::open(&path).unwrap();
+        assert!(store.dead().unwrap().is_empty());
+        assert_eq!(
+            ids(store.pending().unwrap()),
+            ids(vec![delivery("a"), delivery("b")])
+        );
+        assert_eq!(store.get("a").unwrap(), Some(a));
+    }
+
+    #[test]
+    fn remove_takes_pending_and_dead_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        store
+            .accept(None, &[delivery("a"), delivery("b")], 0)
+            .unwrap();
+        let mut b = delivery("b");
+        b.state = DeliveryState::Dead;
+        store.save(&b).unwrap();
+        assert!(store.remove("a").unwrap());
+        assert!(store.remove("b").unwrap());
+        assert!(!store.remove("a").unwrap());
+        assert!(!store.remove("never").unwrap());
+        assert!(store.pending().unwrap().is_empty());
+        assert!(store.dead().unwrap().is_empty());
+        assert_eq!(store.get("a").unwrap(), None);
+    }
+
+    #[test]
+    fn purge_drops_only_expired_replay_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        for (key, expires) in [("old1", 100), ("old2", 200), ("new", 5_000)] {
+            store.accept(Some(&entry(key, 1, expires)), &[], 0).unwrap();
+        }
+        assert_eq!(store.purge_replay(200).unwrap(), 2);
+        assert_eq!(store.purge_replay(200).unwrap(), 0);
+        assert!(store.check_replay(b"new", 200).unwrap().is_some());
+        // Even asked about an earlier time, purged entries are gone.
+        assert!(store.check_replay(b"old1", 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_file_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let _store = RedbStore::open(&path).unwrap();
+        let e = RedbStore::open(&path).err().expect("the file is in use");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn concurrent_accepts_share_commits() {
+        const THREADS: usize = 64;
+        const EACH: usize = 50;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Arc::new(RedbStore::open(&path).unwrap());
+        let before = store.commits();
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        let id = format!("{t}-{i}");
+                        let a = store
+                            .accept(Some(&entry(&id, 1, u64::MAX)), &[delivery(&id)], 0)
+                            .unwrap();
+                        assert_eq!(a, Accepted::New);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let commits = store.commits() - before;
+        let requests = THREADS * EACH;
+        println!(
+            "group commit: {requests} accepts in {commits} commits ({:.1} requests per commit)",
+            requests as f64 / commits as f64
+        );
+        drop(store);
+        let store = RedbStore::open(&path).unwrap();
+        let stored = ids(store.pending().unwrap());
+        assert_eq!(stored.len(), requests);
+        for t in 0..THREADS {
+            for i in 0..EACH {
+                let id = format!("{t}-{i}");
+                assert!(stored.contains(&id), "{id} missing");
+                assert!(store.check_replay(id.as_bytes(), 0).unwrap().is_some());
+            }
+        }
+    }
+}
