@@ -9,12 +9,14 @@ use arc_swap::ArcSwap;
 use crate::act::{Actors, plugin::Plugins};
 use crate::config::{self, Snapshot};
 use crate::deliver::{DeliveryQueue, Store};
+use crate::metrics::Metrics;
 
 pub struct App {
     /// The live config. A request loads it once and uses only that.
     pub live: Arc<ArcSwap<Snapshot>>,
     pub queue: DeliveryQueue,
     pub actors: Actors,
+    pub metrics: Arc<Metrics>,
     ready: AtomicBool,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
@@ -31,11 +33,13 @@ impl App {
     ) -> anyhow::Result<Arc<App>> {
         let live = Arc::new(ArcSwap::from_pointee(snapshot));
         let actors = Actors::new(plugins)?;
-        let queue = DeliveryQueue::new(store, live.clone(), actors.clone())?;
+        let metrics = Arc::new(Metrics::new());
+        let queue = DeliveryQueue::new(store, live.clone(), actors.clone(), metrics.clone())?;
         Ok(Arc::new(App {
             live,
             queue,
             actors,
+            metrics,
             ready: AtomicBool::new(true),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -62,6 +66,7 @@ impl App {
             &self.reloads_ok
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.metrics.reload(error.is_none());
         *self.last_reload_error.lock().expect("reload error lock") = error;
     }
 

@@ -44,6 +44,26 @@ pub fn check(path: &Path) -> i32 {
     }
 }
 
+/// The admin endpoint named by the config, or the exit code to stop with.
+pub fn admin_listen(path: &Path) -> Result<config::AdminListen, i32> {
+    match config::load(path) {
+        Ok(s) => match s.admin {
+            Some(a) => Ok(a.listen),
+            None => {
+                eprintln!(
+                    "{}: no [admin] table: set admin.listen (e.g. \"unix:data/zimhook.sock\") to manage deliveries",
+                    path.display()
+                );
+                Err(EXIT_CONFIG)
+            }
+        },
+        Err(e) => {
+            eprintln!("{e}");
+            Err(EXIT_CONFIG)
+        }
+    }
+}
+
 /// `zimhook sign`.
 pub fn sign(secret: &str, timestamp: &str, nonce: &str) -> String {
     verify::signature(secret, timestamp, nonce)

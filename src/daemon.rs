@@ -11,7 +11,7 @@ use crate::act::plugin::Plugins;
 use crate::app::App;
 use crate::config::{self, ConfigError, Listen, Snapshot, StoreKind, StoreSettings};
 use crate::deliver::{MemoryStore, RedbStore, Store};
-use crate::{reload, server, systemd};
+use crate::{admin, reload, server, systemd};
 
 /// How often the systemd status line is refreshed.
 const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -71,11 +71,18 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
     let snapshot = load(path)?;
     let store = open_store(&snapshot.store)?;
     let listener = bind(&snapshot.server.listen).await?;
+    let admin = match &snapshot.admin {
+        Some(a) => Some(admin::bind(&a.listen).await?),
+        None => None,
+    };
     let grace = snapshot.server.shutdown_grace;
     let rules = snapshot.rules.len();
     let hash = snapshot.hash[..12].to_string();
     let app = App::new(snapshot, store, Plugins::default())?;
     app.queue.start();
+    if let Some(listener) = admin {
+        tokio::spawn(admin::serve(listener, app.clone()));
+    }
     let addr = listener.local_addr().map_err(anyhow::Error::from)?;
     tracing::info!(
         listen = %addr,

@@ -65,6 +65,7 @@ pub async fn callback(app: &App, snapshot: &Arc<Snapshot>, raw: Bytes, deadline:
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(outcome = "malformed", error = %e, "callback refused");
+            app.metrics.callback(snapshot, None, "malformed");
             return Reply::error(400, "malformed", &e.to_string());
         }
     };
@@ -72,6 +73,7 @@ pub async fn callback(app: &App, snapshot: &Arc<Snapshot>, raw: Bytes, deadline:
     let appid = callback.appid().to_string();
     let log = |reply: &Reply, rules: &[&str], error: Option<&str>| {
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        app.metrics.callback(snapshot, Some(&event), reply.outcome);
         if reply.status < 300 {
             tracing::info!(%event, %appid, outcome = reply.outcome, status = reply.status, rules = ?rules, latency_ms, "callback");
         } else {
@@ -183,10 +185,20 @@ async fn run_sync(
         };
         app.actors.run(run).await
     };
+    let started = Instant::now();
     let report = match tokio::time::timeout_at(deadline.into(), work).await {
         Ok(r) => r,
-        Err(_) => return Err("request_timeout reached".into()),
+        Err(_) => {
+            app.metrics
+                .rule_run(&rule.name, "failed", started.elapsed());
+            return Err("request_timeout reached".into());
+        }
     };
+    let result = match report.outcome {
+        Outcome::Ok { .. } => "ok",
+        _ => "failed",
+    };
+    app.metrics.rule_run(&rule.name, result, started.elapsed());
     match report.outcome {
         Outcome::Ok { answer, emit } => {
             let emitted = deliver::deliveries_for_emitted(snapshot, &emit, 1);

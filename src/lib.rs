@@ -23,6 +23,8 @@
 //! - [`config`]: TOML → validated [`config::Snapshot`], with positions on every error.
 //! - [`reload`]: watching the config and plugins, SIGHUP, atomic swaps.
 //! - [`systemd`]: readiness, reload and stop notifications, the watchdog.
+//! - [`admin`]: status, metrics and the delivery admin API on their own listener.
+//! - [`metrics`]: the Prometheus metrics.
 //! - [`template`]: the template engine shared by `when`, argv, URLs, headers and bodies.
 //! - [`events`]: the catalog of ZEGO event names.
 //! - [`cli`]: the `check`, `sign` and `send` commands; [`daemon`]: `run`.
@@ -30,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod act;
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -37,6 +40,7 @@ pub mod daemon;
 pub mod deliver;
 pub mod events;
 pub mod handle;
+pub mod metrics;
 pub mod receive;
 pub mod reload;
 pub mod route;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use zimhook::{cli, config, daemon};
+use zimhook::{admin, cli, config, daemon};
 
 /// Receives ZEGOCLOUD server callbacks, verifies them and routes them to commands, HTTP
 /// forwards and WebAssembly plugins.
@@ -44,6 +44,14 @@ enum Command {
         nonce: String,
     },
     /// Send a signed callback for EVENT (to the config's own listener unless --url)
+    /// List, show, retry or drop deliveries of a running daemon (through its admin endpoint)
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+        /// Print JSON instead of a table
+        #[arg(long, global = true)]
+        json: bool,
+    },
     Send {
         /// Where to POST (default: the config's listener and path)
         #[arg(long)]
@@ -56,6 +64,26 @@ enum Command {
         /// Business fields: JSON text, @FILE, or - for stdin
         data: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// Pending deliveries (or dead letters with --dead), oldest first
+    List {
+        #[arg(long)]
+        dead: bool,
+    },
+    /// One delivery with its body and attempt history
+    Show { id: String },
+    /// Make a dead letter pending again (or every dead letter with --all-dead)
+    Retry {
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        id: Option<String>,
+        #[arg(long)]
+        all_dead: bool,
+    },
+    /// Drop a pending delivery or a dead letter
+    Drop { id: String },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +111,24 @@ fn main() -> ExitCode {
                     eprintln!("zimhook send: {e:#}");
                     1
                 }
+            }
+        }),
+        Command::Deliveries { command, json } => runtime().block_on(async {
+            let command = match command {
+                DeliveriesCommand::List { dead } => admin::client::Command::List { dead },
+                DeliveriesCommand::Show { id } => admin::client::Command::Show { id },
+                DeliveriesCommand::Retry { id, .. } => admin::client::Command::Retry { id },
+                DeliveriesCommand::Drop { id } => admin::client::Command::Drop { id },
+            };
+            match cli::admin_listen(&path) {
+                Ok(listen) => match admin::client::run(&listen, command, json).await {
+                    Ok(code) => code,
+                    Err(e) => {
+                        eprintln!("zimhook deliveries: {e:#}");
+                        1
+                    }
+                },
+                Err(code) => code,
             }
         }),
         Command::Run => {

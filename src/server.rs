@@ -101,6 +101,7 @@ async fn respond(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if path == snapshot.server.path {
         if req.method() != Method::POST {
+            app.metrics.callback(&snapshot, None, "method");
             let mut r = reply(Reply::error(405, "method", "only POST is accepted here"));
             r.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("POST"));
@@ -111,6 +112,7 @@ async fn respond(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             Ok(b) => b,
             Err(r) => {
                 tracing::warn!(outcome = r.outcome, status = r.status, "callback refused");
+                app.metrics.callback(&snapshot, None, r.outcome);
                 return reply(r);
             }
         };

@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::act::{Actors, Emitted, Outcome, Run};
 use crate::config::{RetryPolicy, Rule, Snapshot};
+use crate::metrics::Metrics;
 use crate::receive::Callback;
 use crate::route;
 pub use redb_store::RedbStore;
@@ -202,6 +203,7 @@ struct Inner {
     tracker: TaskTracker,
     stop: CancellationToken,
     stats: QueueStats,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Default)]
@@ -286,6 +288,7 @@ impl DeliveryQueue {
         store: Arc<dyn Store>,
         live: Arc<ArcSwap<Snapshot>>,
         actors: Actors,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let snapshot = live.load();
         let mut sched = Sched::default();
@@ -305,6 +308,7 @@ impl DeliveryQueue {
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
             stats: QueueStats::default(),
+            metrics,
         };
         Ok(DeliveryQueue {
             inner: Arc::new(inner),
@@ -611,6 +615,7 @@ impl DeliveryQueue {
         };
         match outcome {
             Outcome::Ok { .. } => {
+                self.inner.metrics.rule_run(&rule.name, "ok", elapsed);
                 tracing::info!(
                     outcome = "ok",
                     duration_ms = elapsed.as_millis() as u64,
@@ -626,6 +631,7 @@ impl DeliveryQueue {
                 self.inner.stats.succeeded.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::Retry { reason, after } if d.attempts < rule.retry.attempts => {
+                self.inner.metrics.rule_run(&rule.name, "retry", elapsed);
                 let delay = retry_delay(&rule.retry, d.attempts, after);
                 d.due_ms = now_ms() + delay.as_millis() as u64;
                 tracing::warn!(outcome = "retry", duration_ms = elapsed.as_millis() as u64, retry_in_ms = delay.as_millis() as u64, error = %reason, output = report.output.as_deref().unwrap_or(""), "attempt failed; will retry");
@@ -634,6 +640,7 @@ impl DeliveryQueue {
                 self.inner.stats.retried.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::Retry { reason, .. } | Outcome::Fail { reason } => {
+                self.inner.metrics.rule_run(&rule.name, "failed", elapsed);
                 tracing::error!(outcome = "dead", duration_ms = elapsed.as_millis() as u64, error = %reason, output = report.output.as_deref().unwrap_or(""), "delivery failed; dead-lettered");
                 self.inner.sched.lock().expect("sched lock").remove(&d.id);
                 d.state = DeliveryState::Dead;

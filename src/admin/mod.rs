@@ -1,0 +1,227 @@
+//! The admin endpoint, on its own listener (a unix socket by default: its file permissions are
+//! the access control; or a TCP address): status, metrics, and the delivery admin API that
+//! `zimhook deliveries` uses. The callback path is not this module's business.
+//!
+//! | method and path | does |
+//! |---|---|
+//! | `GET /healthz` | 200 while serving |
+//! | `GET /status` | live config hash, rules, queue and reload counts (JSON) |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /deliveries?state=pending\|dead` | deliveries, oldest first (JSON) |
+//! | `GET /deliveries/{id}` | one delivery with its attempt history |
+//! | `POST /deliveries/{id}/retry` | a dead letter becomes pending again |
+//! | `POST /deliveries/retry-dead` | every dead letter becomes pending again |
+//! | `DELETE /deliveries/{id}` | drop a pending (not running) delivery or a dead letter |
+
+pub mod client;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::app::App;
+use crate::config::AdminListen;
+use crate::deliver::Delivery;
+
+/// Binds the admin listener. A unix socket left by an earlier run is replaced; the new one is
+/// readable and writable by the daemon's user only.
+pub async fn bind(listen: &AdminListen) -> anyhow::Result<Listener> {
+    match listen {
+        AdminListen::Tcp(addr) => Ok(Listener::Tcp(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on admin address {addr}: {e}"))?,
+        )),
+        AdminListen::Unix(path) => {
+            if let Some(dir) = path.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)?;
+            }
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => anyhow::bail!("cannot replace admin socket {}: {e}", path.display()),
+            }
+            let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
+                anyhow::anyhow!("cannot listen on admin socket {}: {e}", path.display())
+            })?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            Ok(Listener::Unix(listener))
+        }
+    }
+}
+
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// Serves the admin API until the task is dropped.
+pub async fn serve(listener: Listener, app: Arc<App>) {
+    loop {
+        match &listener {
+            Listener::Tcp(l) => match l.accept().await {
+                Ok((s, _)) => spawn_conn(s, app.clone()),
+                Err(e) => accept_failed(e).await,
+            },
+            Listener::Unix(l) => match l.accept().await {
+                Ok((s, _)) => spawn_conn(s, app.clone()),
+                Err(e) => accept_failed(e).await,
+            },
+        }
+    }
+}
+
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "admin accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
+
+fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, app: Arc<App>) {
+    tokio::spawn(async move {
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(respond(&app, req).await) }
+        });
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+}
+
+async fn respond(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    match (req.method(), parts.as_slice()) {
+        (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        (&Method::GET, ["status"]) => status(app),
+        (&Method::GET, ["metrics"]) => text(
+            StatusCode::OK,
+            app.metrics.render(app),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        (&Method::GET, ["deliveries"]) => {
+            let dead =
+                form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "state" && v == "dead");
+            let list = if dead {
+                match app.queue.store().dead() {
+                    Ok(mut d) => {
+                        d.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+                        d
+                    }
+                    Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+                }
+            } else {
+                app.queue.pending()
+            };
+            let summaries: Vec<_> = list.iter().map(summary).collect();
+            ok_json(&json!({ "deliveries": summaries }))
+        }
+        (&Method::GET, ["deliveries", id]) => match app.queue.store().get(id) {
+            Ok(Some(d)) => ok_json(&serde_json::to_value(&d).unwrap_or_default()),
+            Ok(None) => error(StatusCode::NOT_FOUND, &format!("no delivery {id}")),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        },
+        (&Method::POST, ["deliveries", "retry-dead"]) => {
+            let dead = match app.queue.store().dead() {
+                Ok(d) => d,
+                Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            };
+            let mut retried = Vec::new();
+            for d in dead {
+                match app.queue.retry(&d.id).await {
+                    Ok(Some(_)) => retried.push(d.id),
+                    Ok(None) => {}
+                    Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+                }
+            }
+            tracing::info!(
+                count = retried.len(),
+                "dead letters retried through the admin API"
+            );
+            ok_json(&json!({ "retried": retried }))
+        }
+        (&Method::POST, ["deliveries", id, "retry"]) => match app.queue.retry(id).await {
+            Ok(Some(d)) => {
+                tracing::info!(delivery_id = %d.id, rule = %d.rule, "dead letter retried through the admin API");
+                ok_json(&json!({ "retried": [d.id] }))
+            }
+            Ok(None) => error(StatusCode::NOT_FOUND, &format!("no dead letter {id}")),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        },
+        (&Method::DELETE, ["deliveries", id]) => match app.queue.drop_delivery(id).await {
+            Ok(true) => {
+                tracing::info!(delivery_id = %id, "delivery dropped through the admin API");
+                ok_json(&json!({ "dropped": [id] }))
+            }
+            Ok(false) => error(
+                StatusCode::NOT_FOUND,
+                &format!("no delivery {id} that can be dropped (a running one cannot)"),
+            ),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        },
+        _ => error(StatusCode::NOT_FOUND, "no such admin path"),
+    }
+}
+
+fn status(app: &Arc<App>) -> Response<Full<Bytes>> {
+    let s = app.snapshot();
+    let dead = app.queue.store().dead().map(|d| d.len()).unwrap_or(0);
+    ok_json(&json!({
+        "config": s.path.display().to_string(),
+        "config_hash": s.hash,
+        "rules": s.rules.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        "pending": app.queue.pending_len(),
+        "dead": dead,
+        "reloads_ok": app.reloads_ok.load(Ordering::Relaxed),
+        "reloads_failed": app.reloads_failed.load(Ordering::Relaxed),
+        "last_reload_error": app.last_reload_error(),
+    }))
+}
+
+/// A delivery without its body and history, for lists.
+fn summary(d: &Delivery) -> serde_json::Value {
+    json!({
+        "id": d.id,
+        "rule": d.rule,
+        "event": d.event,
+        "state": d.state,
+        "attempts": d.attempts,
+        "created_ms": d.created_ms,
+        "due_ms": d.due_ms,
+        "last_error": d.last_error,
+    })
+}
+
+fn ok_json(v: &serde_json::Value) -> Response<Full<Bytes>> {
+    text(StatusCode::OK, v.to_string(), "application/json")
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    text(
+        status,
+        json!({ "error": message }).to_string(),
+        "application/json",
+    )
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}

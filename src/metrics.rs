@@ -1,0 +1,219 @@
+//! Prometheus metrics (OpenMetrics text at the admin `/metrics`). Recorded at the edges: the
+//! reply a callback got, each rule run, each reload; queue depth and dead letters are read at
+//! scrape time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::app::App;
+use crate::config::Snapshot;
+use crate::events;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallbackLabels {
+    event: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    rule: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConfigLabels {
+    hash: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~100 s
+    Histogram::new(exponential_buckets(0.0001, 2.5, 16))
+}
+
+/// Every metric zimhook exports.
+pub struct Metrics {
+    registry: Registry,
+    callbacks: Family<CallbackLabels, Counter>,
+    rule_runs: Family<RunLabels, Counter>,
+    rule_seconds: Family<RuleLabels, Histogram, fn() -> Histogram>,
+    plugin_seconds: Family<PluginLabels, Histogram, fn() -> Histogram>,
+    reloads: Family<ResultLabels, Counter>,
+    queue_depth: Gauge,
+    dead_letters: Gauge,
+    config: Family<ConfigLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let callbacks = Family::<CallbackLabels, Counter>::default();
+        registry.register(
+            "zimhook_callbacks",
+            "Callbacks received, by event and outcome (accepted, duplicate, bad_signature, stale, malformed, too_large, overloaded, ...)",
+            callbacks.clone(),
+        );
+        let rule_runs = Family::<RunLabels, Counter>::default();
+        registry.register(
+            "zimhook_rule_runs",
+            "Rule action runs, by rule and result (ok, retry, failed)",
+            rule_runs.clone(),
+        );
+        let rule_seconds: Family<RuleLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "zimhook_rule_duration_seconds",
+            "Time one run of a rule's action took",
+            rule_seconds.clone(),
+        );
+        let plugin_seconds: Family<PluginLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "zimhook_plugin_duration_seconds",
+            "Time one plugin call took (instantiate, run, answer)",
+            plugin_seconds.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "zimhook_reloads",
+            "Config reloads, by result (ok, failed)",
+            reloads.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "zimhook_queue_depth",
+            "Pending queued deliveries",
+            queue_depth.clone(),
+        );
+        let dead_letters = Gauge::default();
+        registry.register(
+            "zimhook_dead_letters",
+            "Deliveries in the dead-letter list",
+            dead_letters.clone(),
+        );
+        let config = Family::<ConfigLabels, Gauge>::default();
+        registry.register(
+            "zimhook_config",
+            "The live config, by the sha256 of its file (value 1)",
+            config.clone(),
+        );
+        registry.register(
+            "zimhook_build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Metrics {
+            registry,
+            callbacks,
+            rule_runs,
+            rule_seconds,
+            plugin_seconds,
+            reloads,
+            queue_depth,
+            dead_letters,
+            config,
+        }
+    }
+
+    /// Counts a callback's reply. The event label is the event name only where it is known
+    /// (catalog or a rule's pattern): unsigned senders must not be able to grow the label set.
+    pub fn callback(&self, snapshot: &Snapshot, event: Option<&str>, outcome: &str) {
+        let event = match event {
+            None => "none",
+            Some(e) if events::is_known(e) || snapshot.rules.iter().any(|r| r.matches_event(e)) => {
+                e
+            }
+            Some(_) => "other",
+        };
+        self.callbacks
+            .get_or_create(&CallbackLabels {
+                event: event.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn rule_run(&self, rule: &str, result: &str, took: Duration) {
+        self.rule_runs
+            .get_or_create(&RunLabels {
+                rule: rule.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+        self.rule_seconds
+            .get_or_create(&RuleLabels {
+                rule: rule.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn plugin_call(&self, plugin: &str, took: Duration) {
+        self.plugin_seconds
+            .get_or_create(&PluginLabels {
+                plugin: plugin.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "failed" }.to_string(),
+            })
+            .inc();
+    }
+
+    /// The text to serve at `/metrics`.
+    pub fn render(&self, app: &Arc<App>) -> String {
+        self.queue_depth.set(app.queue.pending_len() as i64);
+        if let Ok(dead) = app.queue.store().dead() {
+            self.dead_letters.set(dead.len() as i64);
+        }
+        self.config.clear();
+        self.config
+            .get_or_create(&ConfigLabels {
+                hash: app.snapshot().hash.clone(),
+            })
+            .set(1);
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
