@@ -171,7 +171,10 @@ async fn broken_edits_keep_the_old_rules_and_say_where() {
 
     let broken = [
         // TOML syntax error
-        (config(port, "b.txt", "[[rule]\n"), "config.toml:12:8: unclosed array table"),
+        (
+            config(port, "b.txt", "[[rule]\n"),
+            "config.toml:12:8: unclosed array table",
+        ),
         // unknown key
         (
             config(port, "b.txt", "colour = \"red\"\n"),
