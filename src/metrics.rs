@@ -10,7 +10,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::app::App;
@@ -42,6 +41,11 @@ struct PluginLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -128,15 +132,18 @@ impl Metrics {
         );
         let config = Family::<ConfigLabels, Gauge>::default();
         registry.register(
-            "zimhook_config",
+            "zimhook_config_info",
             "The live config, by the sha256 of its file (value 1)",
             config.clone(),
         );
-        registry.register(
-            "zimhook_build",
-            "Build information",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        // An info metric as a gauge of 1: Prometheus's text format has no `info` type.
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        registry.register("zimhook_build_info", "Build information (value 1)", build);
         Metrics {
             registry,
             callbacks,
@@ -198,8 +205,9 @@ impl Metrics {
             .inc();
     }
 
-    /// The text to serve at `/metrics`.
-    pub fn render(&self, app: &Arc<App>) -> String {
+    /// The text to serve at `/metrics`: OpenMetrics when the scraper asks for it (Prometheus
+    /// does), else the classic Prometheus text format (curl, promtool).
+    pub fn render(&self, app: &Arc<App>, openmetrics: bool) -> String {
         self.queue_depth.set(app.queue.pending_len() as i64);
         if let Ok(dead) = app.queue.store().dead() {
             self.dead_letters.set(dead.len() as i64);
@@ -214,6 +222,36 @@ impl Metrics {
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
-        out
+        if openmetrics {
+            out
+        } else {
+            to_prometheus_text(&out)
+        }
     }
+}
+
+/// OpenMetrics → Prometheus text format 0.0.4: counters are described under their `_total`
+/// sample name, and there is no `# EOF`.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }

@@ -285,7 +285,7 @@ command = ["false"]
     );
     assert_eq!(sample(&after, "zimhook_dead_letters"), 1.0);
     assert_eq!(sample(&after, "zimhook_queue_depth"), 0.0);
-    assert!(after.contains("zimhook_config{hash=\""), "{after}");
+    assert!(after.contains("zimhook_config_info{hash=\""), "{after}");
     assert!(
         after.contains("zimhook_rule_duration_seconds_bucket{"),
         "{after}"

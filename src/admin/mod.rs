@@ -108,11 +108,23 @@ async fn respond(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>
     match (req.method(), parts.as_slice()) {
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         (&Method::GET, ["status"]) => status(app),
-        (&Method::GET, ["metrics"]) => text(
-            StatusCode::OK,
-            app.metrics.render(app),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        (&Method::GET, ["metrics"]) => {
+            let openmetrics = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("application/openmetrics-text"));
+            let content_type = if openmetrics {
+                "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            } else {
+                "text/plain; version=0.0.4; charset=utf-8"
+            };
+            text(
+                StatusCode::OK,
+                app.metrics.render(app, openmetrics),
+                content_type,
+            )
+        }
         (&Method::GET, ["deliveries"]) => {
             let dead =
                 form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "state" && v == "dead");
