@@ -40,6 +40,7 @@ pub mod daemon;
 pub mod deliver;
 pub mod events;
 pub mod handle;
+pub mod logging;
 pub mod metrics;
 pub mod receive;
 pub mod reload;

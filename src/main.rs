@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use zimhook::{admin, cli, config, daemon};
+use zimhook::{admin, cli, config, daemon, logging};
 
 /// Receives ZEGOCLOUD server callbacks, verifies them and routes them to commands, HTTP
 /// forwards and WebAssembly plugins.
@@ -168,13 +168,9 @@ fn init_logging(format: LogFormat, config: &std::path::Path) {
             .and_then(|t| t.parse::<toml::Table>().ok())
             .and_then(|t| t.get("log")?.get("level")?.as_str().map(String::from))
     });
-    let filter = tracing_subscriber::EnvFilter::try_new(level.as_deref().unwrap_or("info"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(false).init(),
-    }
+    let format = match format {
+        LogFormat::Text => logging::LogFormat::Text,
+        LogFormat::Json => logging::LogFormat::Json,
+    };
+    logging::init(format, level.as_deref().unwrap_or("info"));
 }
