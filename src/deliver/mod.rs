@@ -339,9 +339,9 @@ impl DeliveryQueue {
         v.into_iter().map(|(_, d)| d).collect()
     }
 
-    pub async fn check_replay(&self, key: Vec<u8>) -> Result<Option<Seen>, StoreError> {
-        let store = self.inner.store.clone();
-        blocking(move || store.check_replay(&key, now_ms())).await
+    /// A read: cheap enough (no fsync, pages cached) to run on the request's own task.
+    pub fn check_replay(&self, key: &[u8]) -> Result<Option<Seen>, StoreError> {
+        self.inner.store.check_replay(key, now_ms())
     }
 
     /// Durably records the replay entry and the deliveries, then schedules them.
@@ -354,13 +354,11 @@ impl DeliveryQueue {
         if !deliveries.is_empty() && pending + deliveries.len() > self.inner.max_queued {
             return Err(AcceptError::Full(pending));
         }
-        let store = self.inner.store.clone();
-        let (accepted, deliveries) = blocking(move || {
-            store
-                .accept(replay.as_ref(), &deliveries, now_ms())
-                .map(|a| (a, deliveries))
-        })
-        .await?;
+        let accepted = self
+            .inner
+            .store
+            .accept_queued(replay.as_ref(), &deliveries, now_ms())
+            .await?;
         if accepted == Accepted::New && !deliveries.is_empty() {
             let mut s = self.inner.sched.lock().expect("sched lock");
             for d in deliveries {
@@ -623,9 +621,7 @@ impl DeliveryQueue {
                     "delivered"
                 );
                 self.inner.sched.lock().expect("sched lock").remove(&d.id);
-                let store = self.inner.store.clone();
-                let id = d.id.clone();
-                if let Err(e) = blocking(move || store.remove(&id)).await {
+                if let Err(e) = self.inner.store.remove_queued(&d.id).await {
                     tracing::error!(error = %e, "delivered, but removing it from the store failed; it may run again");
                 }
                 self.inner.stats.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -654,10 +650,8 @@ impl DeliveryQueue {
     }
 
     async fn persist(&self, d: Delivery) {
-        let store = self.inner.store.clone();
-        let id = d.id.clone();
-        if let Err(e) = blocking(move || store.save(&d)).await {
-            tracing::error!(delivery_id = %id, error = %e, "saving delivery state failed");
+        if let Err(e) = self.inner.store.save_queued(&d).await {
+            tracing::error!(delivery_id = %d.id, error = %e, "saving delivery state failed");
         }
     }
 }

@@ -16,11 +16,12 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
 
-use super::store::{Accepted, ReplayEntry, Seen, Store, StoreError};
+use super::store::{Accepted, ReplayEntry, Seen, Store, StoreError, Ticket, answered};
 use super::{Delivery, DeliveryState};
 
 /// Delivery id → the delivery as JSON.
@@ -69,7 +70,7 @@ enum Done {
 
 struct Request {
     write: Write,
-    reply: mpsc::SyncSender<Result<Done, StoreError>>,
+    reply: oneshot::Sender<Result<Done, StoreError>>,
 }
 
 impl RedbStore {
@@ -111,16 +112,46 @@ impl RedbStore {
         self.commits.load(Ordering::Relaxed)
     }
 
-    /// Hands `write` to the writer thread and waits until it is committed.
+    /// Hands `write` to the writer thread; the answer comes once it is committed.
+    fn submit(&self, write: Write) -> oneshot::Receiver<Result<Done, StoreError>> {
+        let (reply, answer) = oneshot::channel();
+        if let Some(requests) = &self.requests {
+            // A send error drops `reply`, and the receiver reports the writer as stopped.
+            let _ = requests.send(Request { write, reply });
+        }
+        answer
+    }
+
+    /// Hands `write` to the writer thread and waits (blocking) until it is committed.
     fn write(&self, write: Write) -> Result<Done, StoreError> {
-        let stopped = || StoreError("writer thread stopped".into());
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.requests
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(Request { write, reply })
-            .map_err(|_| stopped())?;
-        answer.recv().map_err(|_| stopped())?
+        self.submit(write).blocking_recv().map_err(|_| stopped())?
+    }
+
+    /// Hands `write` to the writer thread; the ticket resolves once it is committed.
+    fn write_queued<T: Send + 'static>(
+        &self,
+        write: Write,
+        answer: fn(Done) -> T,
+    ) -> Ticket<T> {
+        let rx = self.submit(write);
+        Box::pin(async move { rx.await.map_err(|_| stopped())?.map(answer) })
+    }
+
+    fn encode_accept(
+        replay: Option<&ReplayEntry>,
+        deliveries: &[Delivery],
+        now_ms: u64,
+    ) -> Result<Write, StoreError> {
+        let deliveries = deliveries
+            .iter()
+            .map(|d| Ok((d.id.clone(), encode_delivery(d)?)))
+            .collect::<Result<_, StoreError>>()?;
+        let replay = replay.map(|r| (r.key.clone(), encode_replay(r)));
+        Ok(Write::Accept {
+            replay,
+            deliveries,
+            now_ms,
+        })
     }
 
     fn read<T>(
@@ -172,19 +203,38 @@ impl Store for RedbStore {
         deliveries: &[Delivery],
         now_ms: u64,
     ) -> Result<Accepted, StoreError> {
-        let deliveries = deliveries
-            .iter()
-            .map(|d| Ok((d.id.clone(), encode_delivery(d)?)))
-            .collect::<Result<_, StoreError>>()?;
-        let replay = replay.map(|r| (r.key.clone(), encode_replay(r)));
-        match self.write(Write::Accept {
-            replay,
-            deliveries,
-            now_ms,
-        })? {
-            Done::Accepted(a) => Ok(a),
-            _ => unreachable!("accept answers Accepted"),
+        let write = Self::encode_accept(replay, deliveries, now_ms)?;
+        self.write(write).map(accepted)
+    }
+
+    fn accept_queued(
+        &self,
+        replay: Option<&ReplayEntry>,
+        deliveries: &[Delivery],
+        now_ms: u64,
+    ) -> Ticket<Accepted> {
+        match Self::encode_accept(replay, deliveries, now_ms) {
+            Ok(write) => self.write_queued(write, accepted),
+            Err(e) => answered(Err(e)),
         }
+    }
+
+    fn save_queued(&self, delivery: &Delivery) -> Ticket<()> {
+        match encode_delivery(delivery) {
+            Ok(json) => self.write_queued(
+                Write::Save {
+                    id: delivery.id.clone(),
+                    state: delivery.state,
+                    json,
+                },
+                |_| (),
+            ),
+            Err(e) => answered(Err(e)),
+        }
+    }
+
+    fn remove_queued(&self, id: &str) -> Ticket<bool> {
+        self.write_queued(Write::Remove(id.to_string()), removed)
     }
 
     fn pending(&self) -> Result<Vec<Delivery>, StoreError> {
@@ -218,10 +268,7 @@ impl Store for RedbStore {
     }
 
     fn remove(&self, id: &str) -> Result<bool, StoreError> {
-        match self.write(Write::Remove(id.to_string()))? {
-            Done::Removed(found) => Ok(found),
-            _ => unreachable!("remove answers Removed"),
-        }
+        self.write(Write::Remove(id.to_string())).map(removed)
     }
 
     fn purge_replay(&self, now_ms: u64) -> Result<usize, StoreError> {
@@ -229,6 +276,24 @@ impl Store for RedbStore {
             Done::Purged(n) => Ok(n),
             _ => unreachable!("purge answers Purged"),
         }
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError("writer thread stopped".into())
+}
+
+fn accepted(done: Done) -> Accepted {
+    match done {
+        Done::Accepted(a) => a,
+        _ => unreachable!("accept answers Accepted"),
+    }
+}
+
+fn removed(done: Done) -> bool {
+    match done {
+        Done::Removed(found) => found,
+        _ => unreachable!("remove answers Removed"),
     }
 }
 
@@ -531,7 +596,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
         let request = |body: u8, id: &str| {
-            let (reply, _) = mpsc::sync_channel(1);
+            let (reply, _) = oneshot::channel();
             let r = entry("same", body, 1_000);
             Request {
                 write: Write::Accept {

@@ -3,6 +3,8 @@
 //! (fsync) before it returns: the reply 2xx is sent only after it.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -38,6 +40,14 @@ pub enum Accepted {
 #[error("store: {0}")]
 pub struct StoreError(pub String);
 
+/// The answer to a write handed to the store, to await without holding a thread.
+pub type Ticket<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// A ticket that is answered already.
+pub fn answered<T: Send + 'static>(result: Result<T, StoreError>) -> Ticket<T> {
+    Box::pin(std::future::ready(result))
+}
+
 pub trait Store: Send + Sync + 'static {
     /// The live (unexpired) replay entry for `key`, if any.
     fn check_replay(&self, key: &[u8], now_ms: u64) -> Result<Option<Seen>, StoreError>;
@@ -60,6 +70,28 @@ pub trait Store: Send + Sync + 'static {
     fn remove(&self, id: &str) -> Result<bool, StoreError>;
     /// Drops expired replay entries; returns how many.
     fn purge_replay(&self, now_ms: u64) -> Result<usize, StoreError>;
+
+    /// [`Store::accept`] for async callers: the write is handed over now, its answer awaited
+    /// later. A store with a writer thread of its own overrides this so that no thread waits;
+    /// the default answers at once (right for a store that never blocks).
+    fn accept_queued(
+        &self,
+        replay: Option<&ReplayEntry>,
+        deliveries: &[Delivery],
+        now_ms: u64,
+    ) -> Ticket<Accepted> {
+        answered(self.accept(replay, deliveries, now_ms))
+    }
+
+    /// [`Store::save`] for async callers (see [`Store::accept_queued`]).
+    fn save_queued(&self, delivery: &Delivery) -> Ticket<()> {
+        answered(self.save(delivery))
+    }
+
+    /// [`Store::remove`] for async callers (see [`Store::accept_queued`]).
+    fn remove_queued(&self, id: &str) -> Ticket<bool> {
+        answered(self.remove(id))
+    }
 }
 
 /// Keeps everything in memory: fast, and gone on restart.
