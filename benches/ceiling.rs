@@ -24,7 +24,9 @@ async fn main() -> std::io::Result<()> {
             let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
                 // Read the body like a real receiver would.
                 let _ = req.into_body().collect().await;
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{\"code\":0}"))))
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                    b"{\"code\":0}",
+                ))))
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)

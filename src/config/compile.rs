@@ -646,7 +646,13 @@ fn compile_rule(
                     "{}".into()
                 }),
             };
-            Some(Action::Plugin(PluginAction { path, config }))
+            let (line, col) = position(c.text, p.span().start);
+            Some(Action::Plugin(PluginAction {
+                path,
+                config,
+                line,
+                col,
+            }))
         }
         _ => None,
     };

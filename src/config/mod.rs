@@ -240,6 +240,9 @@ pub struct PluginAction {
     pub path: PathBuf,
     /// The rule's `config` table as JSON text (`"{}"` if none).
     pub config: String,
+    /// Where the `plugin` key's value is, for errors found when compiling the file.
+    pub line: usize,
+    pub col: usize,
 }
 
 /// Reads and validates the config at `path`.
