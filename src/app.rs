@@ -24,16 +24,16 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the daemon around a validated snapshot and an open store; deliveries the store
-    /// holds are scheduled again. Call [`DeliveryQueue::start`] to run them.
-    pub fn new(
-        snapshot: Snapshot,
-        store: Arc<dyn Store>,
-        plugins: Plugins,
-    ) -> anyhow::Result<Arc<App>> {
+    /// Builds the daemon around a validated snapshot and an open store: compiles the plugins
+    /// the config names, schedules the deliveries the store holds again. Call
+    /// [`DeliveryQueue::start`] to run them. A plugin that does not compile fails with a
+    /// [`config::ConfigError`] inside the `anyhow::Error`.
+    pub fn new(mut snapshot: Snapshot, store: Arc<dyn Store>) -> anyhow::Result<Arc<App>> {
+        let metrics = Arc::new(Metrics::new());
+        let plugins = Plugins::new(&snapshot.plugins, metrics.clone())?;
+        plugins.compile(&mut snapshot, None)?;
         let live = Arc::new(ArcSwap::from_pointee(snapshot));
         let actors = Actors::new(plugins)?;
-        let metrics = Arc::new(Metrics::new());
         let queue = DeliveryQueue::new(store, live.clone(), actors.clone(), metrics.clone())?;
         Ok(Arc::new(App {
             live,
@@ -55,7 +55,12 @@ impl App {
     /// validated, its secrets resolved, its plugins compiled. Errors as `FILE:LINE:COL: message`
     /// lines.
     pub fn build_snapshot(&self, path: &Path) -> Result<Snapshot, String> {
-        config::load(path).map_err(|e| e.to_string())
+        let mut snapshot = config::load(path).map_err(|e| e.to_string())?;
+        self.actors
+            .plugins
+            .compile(&mut snapshot, Some(&self.snapshot()))
+            .map_err(|e| e.to_string())?;
+        Ok(snapshot)
     }
 
     /// Counts a reload and remembers the error of a failed one (for status lines).

@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use serde_json::{Map, Value};
 
-use crate::config::{self, Listen};
+use crate::act::plugin::Plugins;
+use crate::config::{self, ConfigError, Listen};
 use crate::verify;
 
 /// Exit code for a config that cannot be used (EX_CONFIG).
@@ -17,16 +18,35 @@ pub const EXIT_CONFIG: i32 = 78;
 /// `zimhook check`: prints warnings and errors (`FILE:LINE:COL: message`) to stderr, a summary
 /// to stdout; returns the exit code.
 pub fn check(path: &Path) -> i32 {
-    match config::load(path) {
+    let loaded = config::load(path).and_then(|mut snapshot| {
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let plugins = Plugins::new(&snapshot.plugins, metrics).map_err(|e| ConfigError {
+            errors: vec![config::Diagnostic {
+                file: path.to_path_buf(),
+                line: 1,
+                col: 1,
+                message: format!("cannot start the plugin host: {e:#}"),
+            }],
+        })?;
+        plugins.compile(&mut snapshot, None)?;
+        Ok(snapshot)
+    });
+    match loaded {
         Ok(snapshot) => {
             for w in &snapshot.warnings {
                 eprintln!("{w}");
             }
             println!(
-                "{}: ok: {} rule{}, config hash {}",
+                "{}: ok: {} rule{}, {} plugin{} compiled, config hash {}",
                 path.display(),
                 snapshot.rules.len(),
                 if snapshot.rules.len() == 1 { "" } else { "s" },
+                snapshot.compiled.len(),
+                if snapshot.compiled.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                },
                 &snapshot.hash[..12]
             );
             0

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::act::plugin::Plugins;
 use crate::app::App;
 use crate::config::{self, ConfigError, Listen, Snapshot, StoreKind, StoreSettings};
 use crate::deliver::{MemoryStore, RedbStore, Store};
@@ -78,7 +77,10 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
     let grace = snapshot.server.shutdown_grace;
     let rules = snapshot.rules.len();
     let hash = snapshot.hash[..12].to_string();
-    let app = App::new(snapshot, store, Plugins::default())?;
+    let app = App::new(snapshot, store).map_err(|e| match e.downcast::<ConfigError>() {
+        Ok(config) => DaemonError::Config(config),
+        Err(other) => DaemonError::Runtime(other),
+    })?;
     app.queue.start();
     if let Some(listener) = admin {
         tokio::spawn(admin::serve(listener, app.clone()));

@@ -20,6 +20,7 @@
 //! - [`route`]: which rules a callback matches, and the template context they see.
 //! - [`deliver`]: the delivery queue, its store, workers, retries and dead letters.
 //! - [`act`]: running one action once (command, forward, plugin).
+//! - [`plugin`]: the WebAssembly host (wasmtime) that plugin actions run on.
 //! - [`config`]: TOML → validated [`config::Snapshot`], with positions on every error.
 //! - [`reload`]: watching the config and plugins, SIGHUP, atomic swaps.
 //! - [`systemd`]: readiness, reload and stop notifications, the watchdog.
@@ -42,6 +43,7 @@ pub mod events;
 pub mod handle;
 pub mod logging;
 pub mod metrics;
+pub mod plugin;
 pub mod receive;
 pub mod reload;
 pub mod route;

@@ -219,6 +219,7 @@ pub(super) fn compile(file: &Path, text: &str, hash: String) -> Result<Snapshot,
         log_level,
         rules,
         templates,
+        compiled: Default::default(),
         warnings: c.warnings,
     })
 }

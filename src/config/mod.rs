@@ -81,6 +81,8 @@ pub struct Snapshot {
     pub log_level: Option<String>,
     pub rules: Vec<Arc<Rule>>,
     pub templates: Templates,
+    /// The plugins the rules name, compiled (filled by [`crate::act::plugin::Plugins::compile`]).
+    pub compiled: crate::act::plugin::Compiled,
     pub warnings: Vec<Diagnostic>,
 }
 

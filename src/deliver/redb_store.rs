@@ -16,10 +16,10 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
+use tokio::sync::oneshot;
 
 use super::store::{Accepted, ReplayEntry, Seen, Store, StoreError, Ticket, answered};
 use super::{Delivery, DeliveryState};
@@ -128,11 +128,7 @@ impl RedbStore {
     }
 
     /// Hands `write` to the writer thread; the ticket resolves once it is committed.
-    fn write_queued<T: Send + 'static>(
-        &self,
-        write: Write,
-        answer: fn(Done) -> T,
-    ) -> Ticket<T> {
+    fn write_queued<T: Send + 'static>(&self, write: Write, answer: fn(Done) -> T) -> Ticket<T> {
         let rx = self.submit(write);
         Box::pin(async move { rx.await.map_err(|_| stopped())?.map(answer) })
     }

@@ -10,14 +10,15 @@
 //! Every call gets a new `Store` with
 //! - a memory cap ([`CallLimits::memory`], through a `ResourceLimiter`),
 //! - a deadline ([`CallLimits::timeout`], through epoch interruption: the ticker advances the
-//!   epoch every millisecond, and each tick past the deadline stops the guest),
+//!   epoch every millisecond, and the first tick past the deadline stops the guest),
 //! - the whole WASI 0.2 surface, closed: no preopened directories, no environment, no
 //!   arguments, no sockets or name lookup, empty stdin; stdout and stderr go to capped buffers
 //!   that are written to the log after the call.
 //!
-//! Calls are async: the guest yields to the executor at every tick, so even a plugin that
-//! loops forever holds a tokio worker for at most a millisecond at a time, and for no longer
-//! than its timeout in total.
+//! Calls are async (run them inside a Tokio runtime with its timer on): the guest yields to
+//! the executor at every tick, so even a plugin that loops forever holds a tokio worker for at
+//! most a millisecond at a time, and for no longer than its timeout in total. A Tokio timer
+//! covers what epochs cannot: a plugin waiting in a host call (a WASI sleep).
 //!
 //! Instances come from wasmtime's pooling allocator and are pre-linked (`HandlerPre`), so a
 //! call costs microseconds: see `benches/plugin.rs`.
@@ -25,10 +26,8 @@
 //! # Layout
 //! - `mod.rs`: the public API: host, loading, calling, errors.
 //! - `store.rs`: what one call owns: WASI context, memory limiter, captured output, `host.log`.
-//! - `cache.rs`: the on-disk cache of compiled components.
 //! - `ticker.rs`: the epoch ticker thread.
 
-mod cache;
 mod store;
 mod ticker;
 
@@ -37,11 +36,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
-use wasmtime::{Trap, UpdateDeadline};
+use wasmtime::{Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy};
+use wasmtime::{PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
-use self::cache::ComponentCache;
 use self::store::CallState;
 use self::ticker::EpochTicker;
 
@@ -62,12 +62,17 @@ const WORLD: &str = "zimhook:plugin/handler@0.1.0";
 /// Settings fixed for the daemon's lifetime (they shape the engine and its instance pool).
 #[derive(Debug, Clone)]
 pub struct HostSettings {
-    /// Linear memory per instance, in bytes: the most any call's [`CallLimits::memory`] can get.
+    /// Linear memory per instance (per memory, for the rare component with several), in bytes:
+    /// the size of a pool slot, and the most any call's [`CallLimits::memory`] can get.
     pub memory_limit: usize,
     /// Plugin instances alive at once, across all plugins; one more call fails to instantiate
     /// until one finishes.
     pub max_instances: u32,
-    /// Where compiled plugins are cached; `None` compiles every load.
+    /// Where compiled plugins are cached, so that a restart or reload does not compile an
+    /// unchanged plugin again; `None` compiles every load. Entries are keyed by a hash of the
+    /// file and of everything that shapes compiled code (wasmtime's version, settings, CPU
+    /// features), and old ones are removed in the background. Only the daemon should be able
+    /// to write there: the cache holds native code it will run.
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -92,7 +97,8 @@ struct HostInner {
     engine: Engine,
     linker: Linker<CallState>,
     settings: HostSettings,
-    cache: Option<ComponentCache>,
+    /// The engine's compilation cache (a handle on the same counters), for `cache_stats`.
+    cache: Option<Cache>,
     ticker: EpochTicker,
 }
 
@@ -120,16 +126,20 @@ impl PluginHost {
         config
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(&settings)));
+        let cache = match &settings.cache_dir {
+            Some(dir) => Some(
+                open_cache(dir)
+                    .with_context(|| format!("cannot use plugin cache {}", dir.display()))?,
+            ),
+            None => None,
+        };
+        config.cache(cache.clone());
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
 
-        let cache = settings
-            .cache_dir
-            .clone()
-            .map(|dir| ComponentCache::new(&engine, dir));
         let ticker = EpochTicker::start(engine.clone())?;
         Ok(PluginHost {
             inner: Arc::new(HostInner {
@@ -142,11 +152,20 @@ impl PluginHost {
         })
     }
 
+    /// Loads that found their compiled code in the cache, and loads that compiled (and stored
+    /// it); `None` without a cache.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.inner.cache.as_ref().map(|cache| CacheStats {
+            hits: cache.cache_hits(),
+            misses: cache.cache_misses(),
+        })
+    }
+
     /// Reads, compiles (or loads from the cache) and pre-instantiates the plugin at `path`,
     /// checking that it is a component of the `zimhook:plugin/handler` world.
     ///
-    /// Blocking, and up to hundreds of milliseconds for a cache miss: run it off the request
-    /// path (`spawn_blocking`, or the reload task).
+    /// Blocking: milliseconds from the cache, up to a second or so to compile: run it off the
+    /// request path (`spawn_blocking`, or the reload task).
     pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
         let shown = path.display();
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
@@ -154,25 +173,10 @@ impl PluginHost {
             source,
         })?;
         check_header(&bytes).map_err(|what| LoadError::NotComponent(format!("{shown} {what}")))?;
-        let digest = cache::sha256_hex(&bytes);
-
-        let engine = &self.inner.engine;
-        let cached = self
-            .inner
-            .cache
-            .as_ref()
-            .and_then(|c| c.get(engine, &digest));
-        let component = match cached {
-            Some(component) => component,
-            None => {
-                let component = Component::new(engine, &bytes)
-                    .map_err(|e| LoadError::Compile(format!("cannot compile {shown}: {e:#}")))?;
-                if let Some(cache) = &self.inner.cache {
-                    cache.put(&digest, &component);
-                }
-                component
-            }
-        };
+        let digest = hex::encode(Sha256::digest(&bytes));
+        // A cache hit (see `HostSettings::cache_dir`) skips the compilation inside.
+        let component = Component::new(&self.inner.engine, &bytes)
+            .map_err(|e| LoadError::Compile(format!("cannot compile {shown}: {e:#}")))?;
 
         let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
             LoadError::WrongWorld(format!(
@@ -200,6 +204,23 @@ impl PluginHost {
     }
 }
 
+/// wasmtime's own compilation cache in `dir`: keyed, written atomically, read into memory (not
+/// mapped), pruned by a background thread; and no `unsafe` here.
+fn open_cache(dir: &Path) -> anyhow::Result<Cache> {
+    let dir = std::path::absolute(dir)?;
+    std::fs::create_dir_all(&dir)?;
+    let mut config = CacheConfig::new();
+    config.with_directory(dir);
+    Ok(Cache::new(config)?)
+}
+
+/// See [`PluginHost::cache_stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: usize,
+    pub misses: usize,
+}
+
 /// The pool that every call's instance, memory, tables and async stack come from.
 fn pooling(settings: &HostSettings) -> PoolingAllocationConfig {
     let n = settings.max_instances;
@@ -217,8 +238,25 @@ fn pooling(settings: &HostSettings) -> PoolingAllocationConfig {
         .max_memory_size(settings.memory_limit)
         // Return memory to the OS in batches rather than one madvise per instance.
         .decommit_batch_size(16);
+    // A fresh instance per call makes resetting memory the largest cost of a call: by
+    // default every page a call touched is dropped (madvise) and faults in again next time.
+    // Where Linux can tell which pages a call dirtied (PAGEMAP_SCAN, 6.7+), reset those in
+    // place instead and keep them resident: this halves the cost of a small call. Without
+    // it, keeping memory resident would mean clearing the whole budget on every call, which
+    // costs more than it saves.
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        pool.pagemap_scan(Enabled::Yes)
+            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+            .table_keep_resident(KEEP_RESIDENT_TABLE);
+    }
     pool
 }
+
+/// Bytes of linear memory and of each table kept resident per pool slot between calls (when
+/// PAGEMAP_SCAN is available): enough for what a small plugin touches, little enough that a
+/// hundred warm slots hold at most about 100 MiB.
+const KEEP_RESIDENT_MEMORY: usize = 1 << 20;
+const KEEP_RESIDENT_TABLE: usize = 64 << 10;
 
 /// Why a file is not a component, if the header says so (`Err` completes "FILE ...").
 fn check_header(bytes: &[u8]) -> Result<(), &'static str> {
@@ -273,7 +311,7 @@ pub struct CallLimits {
     /// Wall-clock time for instantiation and the call together, measured to about a
     /// millisecond.
     pub timeout: Duration,
-    /// Linear memory in bytes; capped at [`HostSettings::memory_limit`].
+    /// Linear memory in bytes (per memory); capped at [`HostSettings::memory_limit`].
     pub memory: usize,
 }
 
@@ -304,8 +342,10 @@ impl Plugin {
         &self.inner.digest
     }
 
-    /// Runs `event` in a fresh instance within `limits`. Whatever the plugin does (loop, grow,
-    /// trap), the instance is gone afterwards and the next call starts clean.
+    /// Runs `event` in a fresh instance within `limits`. Whatever the plugin does (loop, sleep,
+    /// grow, trap), the instance is gone afterwards and the next call starts clean.
+    ///
+    /// Must run inside a Tokio runtime with its timer enabled.
     pub async fn handle(
         &self,
         event: PluginEvent,
@@ -333,17 +373,17 @@ impl Plugin {
             payload: event.payload,
             config: event.config,
         };
-        let instance = match inner.pre.instantiate_async(&mut store).await {
-            Ok(instance) => instance,
-            Err(e) => {
-                store.data().log_output();
-                return Err(call_error(e, &store, limits, memory, Stage::Instantiate));
-            }
+        let call = async {
+            let instance = (inner.pre.instantiate_async(&mut store).await)
+                .map_err(|e| (e, Stage::Instantiate))?;
+            (instance.call_handle(&mut store, &event).await).map_err(|e| (e, Stage::Call))
         };
-        let result = instance.call_handle(&mut store, &event).await;
+        // Epoch interruption stops wasm code, not a host call it waits in (a WASI sleep or
+        // poll): the timer catches those. Dropping the call unwinds the instance.
+        let result = tokio::time::timeout_at(deadline.into(), call).await;
         store.data().log_output();
         match result {
-            Ok(Ok(outcome)) => Ok(PluginOutcome {
+            Ok(Ok(Ok(outcome))) => Ok(PluginOutcome {
                 response: outcome.response,
                 emit: outcome
                     .emit
@@ -354,8 +394,9 @@ impl Plugin {
                     })
                     .collect(),
             }),
-            Ok(Err(message)) => Err(PluginError::Returned(message)),
-            Err(e) => Err(call_error(e, &store, limits, memory, Stage::Call)),
+            Ok(Ok(Err(message))) => Err(PluginError::Returned(message)),
+            Ok(Err((e, stage))) => Err(call_error(e, &store, limits, memory, stage)),
+            Err(_elapsed) => Err(PluginError::Timeout(limits.timeout)),
         }
     }
 }
@@ -431,7 +472,7 @@ struct DisplayDuration(Duration);
 impl fmt::Display for DisplayDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms > 0 && ms % 1000 == 0 {
+        if ms > 0 && ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else if ms > 0 {
             write!(f, "{ms}ms")
@@ -448,8 +489,8 @@ impl fmt::Display for DisplayBytes {
         const MIB: usize = 1 << 20;
         const KIB: usize = 1 << 10;
         match self.0 {
-            n if n >= MIB && n % MIB == 0 => write!(f, "{}MiB", n / MIB),
-            n if n >= KIB && n % KIB == 0 => write!(f, "{}KiB", n / KIB),
+            n if n >= MIB && n.is_multiple_of(MIB) => write!(f, "{}MiB", n / MIB),
+            n if n >= KIB && n.is_multiple_of(KIB) => write!(f, "{}KiB", n / KIB),
             n => write!(f, "{n} bytes"),
         }
     }
@@ -471,6 +512,13 @@ mod tests {
                 .contains("not a WebAssembly")
         );
         assert!(check_header(&[]).is_err());
+    }
+
+    #[test]
+    fn host_and_plugins_can_be_shared_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<PluginHost>();
+        send_sync::<Plugin>();
     }
 
     #[test]

@@ -121,9 +121,9 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Caps a call's linear memory (all memories together) and remembers whether the plugin hit
-/// the cap, so that the trap that usually follows (Rust aborts when an allocation fails) is
-/// reported as what it is.
+/// Caps each linear memory of a call (a Rust plugin has one) and remembers whether the plugin
+/// hit the cap, so that the trap that usually follows (Rust aborts when an allocation fails)
+/// is reported as what it is.
 pub(super) struct MemoryLimiter {
     limit: usize,
     pub(super) hit: bool,

@@ -17,7 +17,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use zimhook::act::plugin::Plugins;
 use zimhook::app::App;
 use zimhook::deliver::{MemoryStore, Store};
 
@@ -109,7 +108,7 @@ impl Daemon {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, &text).unwrap();
         let snapshot = zimhook::config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
-        let app = App::new(snapshot, store, Plugins::default()).unwrap();
+        let app = App::new(snapshot, store).unwrap_or_else(|e| panic!("{e}"));
         app.queue.start();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -284,4 +283,40 @@ impl Target {
     pub fn stop(self) {
         self.task.abort();
     }
+}
+
+/// The example plugins, built for wasm32-wasip2 once per test process (a no-op when they are up
+/// to date). Fails with a clear message when the target is not installed.
+pub fn plugins_dir() -> PathBuf {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let out = std::process::Command::new(cargo)
+                .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+                .arg(root.join("plugins/Cargo.toml"))
+                .arg("--target-dir")
+                .arg(root.join("plugins/target"))
+                .env_remove("CARGO_TARGET_DIR")
+                .output()
+                .map_err(|e| format!("cannot run cargo to build the example plugins: {e}"))?;
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let hint = if err.contains("wasm32-wasip2") && err.contains("target") {
+                    "\nthe wasm32-wasip2 target is missing: run `rustup target add wasm32-wasip2` (scripts/test does)"
+                } else {
+                    ""
+                };
+                return Err(format!("building the example plugins failed:\n{err}{hint}"));
+            }
+            Ok(root.join("plugins/target/wasm32-wasip2/release"))
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The path of one built example plugin, e.g. `plugin("moderate")`.
+pub fn plugin(name: &str) -> PathBuf {
+    plugins_dir().join(format!("{}.wasm", name.replace('-', "_")))
 }
