@@ -8,13 +8,17 @@ use std::sync::{Arc, OnceLock};
 
 use minijinja::{Environment, UndefinedBehavior, Value};
 
-/// Names a template compiled into [`Templates`].
+/// Names a template compiled into [`Templates`]. A template without any `{{`/`{%`/`{#` is a
+/// literal: it renders to itself without a context being built.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemplateId(Arc<str>);
+pub struct TemplateId {
+    name: Arc<str>,
+    literal: Option<Arc<str>>,
+}
 
 impl TemplateId {
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.name
     }
 }
 
@@ -49,7 +53,12 @@ impl Templates {
     pub fn add(&mut self, id: &str, source: &str) -> Result<TemplateId, minijinja::Error> {
         self.env
             .add_template_owned(id.to_string(), source.to_string())?;
-        Ok(TemplateId(id.into()))
+        let literal = (!source.contains("{{") && !source.contains("{%") && !source.contains("{#"))
+            .then(|| Arc::from(source));
+        Ok(TemplateId {
+            name: id.into(),
+            literal,
+        })
     }
 
     /// Compiles a `when` expression; it renders to `true` where the expression is truthy.
@@ -60,6 +69,9 @@ impl Templates {
     }
 
     pub fn render(&self, id: &TemplateId, ctx: &Context) -> Result<String, TemplateError> {
+        if let Some(literal) = &id.literal {
+            return Ok(literal.to_string());
+        }
         let template = self
             .env
             .get_template(id.as_str())
@@ -71,6 +83,33 @@ impl Templates {
 
     pub fn is_true(&self, id: &TemplateId, ctx: &Context) -> Result<bool, TemplateError> {
         Ok(self.render(id, ctx)? == "true")
+    }
+
+    /// Renders with a context that is built only if `id` is not a literal.
+    pub fn render_lazy(&self, id: &TemplateId, ctx: &LazyContext) -> Result<String, TemplateError> {
+        match &id.literal {
+            Some(literal) => Ok(literal.to_string()),
+            None => self.render(id, ctx.get()),
+        }
+    }
+}
+
+/// A [`Context`] built on first use: most forwards have literal URLs and headers, and then
+/// none is needed.
+pub struct LazyContext<'a> {
+    cell: OnceLock<Context>,
+    make: &'a (dyn Fn() -> Context + Sync),
+}
+
+impl<'a> LazyContext<'a> {
+    pub fn new(make: &'a (dyn Fn() -> Context + Sync)) -> Self {
+        LazyContext {
+            cell: OnceLock::new(),
+            make,
+        }
+    }
+    pub fn get(&self) -> &Context {
+        self.cell.get_or_init(self.make)
     }
 }
 

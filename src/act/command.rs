@@ -15,6 +15,7 @@ use tokio::process::Command;
 
 use super::{OUTPUT_CAP, Outcome, Report, Run};
 use crate::config::CommandAction;
+use crate::template::LazyContext;
 
 /// Time between SIGTERM and SIGKILL for a command past its timeout.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -23,11 +24,12 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 const KEPT_ENV: &[&str] = &["PATH", "HOME", "LANG"];
 
 pub async fn run(action: &CommandAction, run: &Run<'_>, timeout: Duration) -> Report {
-    let ctx = run.context();
+    let make = || run.context();
+    let ctx = LazyContext::new(&make);
     let templates = &run.snapshot.templates;
     let mut argv = Vec::with_capacity(action.argv.len());
     for t in &action.argv {
-        match templates.render(t, &ctx) {
+        match templates.render_lazy(t, &ctx) {
             Ok(a) => argv.push(a),
             Err(e) => return Outcome::fail(e.to_string()).into(),
         }
@@ -46,7 +48,7 @@ pub async fn run(action: &CommandAction, run: &Run<'_>, timeout: Duration) -> Re
         .env("ZIMHOOK_RULE", &run.rule.name)
         .env("ZIMHOOK_DELIVERY_ID", run.delivery_id);
     for (key, t) in &action.env {
-        match templates.render(t, &ctx) {
+        match templates.render_lazy(t, &ctx) {
             Ok(v) => {
                 cmd.env(key, v);
             }

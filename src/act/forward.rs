@@ -14,6 +14,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 
 use super::{OUTPUT_CAP, Outcome, Report, Run};
 use crate::config::ForwardAction;
+use crate::template::LazyContext;
 
 pub const EVENT_HEADER: &str = "x-zimhook-event";
 pub const DELIVERY_HEADER: &str = "x-zimhook-delivery";
@@ -37,9 +38,10 @@ pub async fn run(
     run: &Run<'_>,
     timeout: Duration,
 ) -> Report {
-    let ctx = run.context();
+    let make = || run.context();
+    let ctx = LazyContext::new(&make);
     let templates = &run.snapshot.templates;
-    let url = match templates.render(&action.url, &ctx) {
+    let url = match templates.render_lazy(&action.url, &ctx) {
         Ok(u) => u,
         Err(e) => return Outcome::fail(e.to_string()).into(),
     };
@@ -53,7 +55,7 @@ pub async fn run(
         }),
     );
     for (name, t) in &action.headers {
-        let value = match templates.render(t, &ctx) {
+        let value = match templates.render_lazy(t, &ctx) {
             Ok(v) => v,
             Err(e) => return Outcome::fail(e.to_string()).into(),
         };
@@ -73,7 +75,7 @@ pub async fn run(
         headers.insert(DELIVERY_HEADER, v);
     }
     let body = match &action.body {
-        Some(t) => match templates.render(t, &ctx) {
+        Some(t) => match templates.render_lazy(t, &ctx) {
             Ok(b) => Bytes::from(b),
             Err(e) => return Outcome::fail(e.to_string()).into(),
         },

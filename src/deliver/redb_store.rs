@@ -70,6 +70,8 @@ enum Done {
 
 struct Request {
     write: Write,
+    /// On disk before the answer (fsync); otherwise with the next durable commit.
+    durable: bool,
     reply: oneshot::Sender<Result<Done, StoreError>>,
 }
 
@@ -113,23 +115,35 @@ impl RedbStore {
     }
 
     /// Hands `write` to the writer thread; the answer comes once it is committed.
-    fn submit(&self, write: Write) -> oneshot::Receiver<Result<Done, StoreError>> {
+    fn submit(&self, write: Write, durable: bool) -> oneshot::Receiver<Result<Done, StoreError>> {
         let (reply, answer) = oneshot::channel();
         if let Some(requests) = &self.requests {
             // A send error drops `reply`, and the receiver reports the writer as stopped.
-            let _ = requests.send(Request { write, reply });
+            let _ = requests.send(Request {
+                write,
+                durable,
+                reply,
+            });
         }
         answer
     }
 
-    /// Hands `write` to the writer thread and waits (blocking) until it is committed.
+    /// Hands `write` to the writer thread and waits (blocking) until it is on disk.
     fn write(&self, write: Write) -> Result<Done, StoreError> {
-        self.submit(write).blocking_recv().map_err(|_| stopped())?
+        self.submit(write, true)
+            .blocking_recv()
+            .map_err(|_| stopped())?
     }
 
-    /// Hands `write` to the writer thread; the ticket resolves once it is committed.
-    fn write_queued<T: Send + 'static>(&self, write: Write, answer: fn(Done) -> T) -> Ticket<T> {
-        let rx = self.submit(write);
+    /// Hands `write` to the writer thread; the ticket resolves once it is committed (on disk
+    /// if `durable`, else with the next durable commit).
+    fn write_queued<T: Send + 'static>(
+        &self,
+        write: Write,
+        durable: bool,
+        answer: fn(Done) -> T,
+    ) -> Ticket<T> {
+        let rx = self.submit(write, durable);
         Box::pin(async move { rx.await.map_err(|_| stopped())?.map(answer) })
     }
 
@@ -210,7 +224,7 @@ impl Store for RedbStore {
         now_ms: u64,
     ) -> Ticket<Accepted> {
         match Self::encode_accept(replay, deliveries, now_ms) {
-            Ok(write) => self.write_queued(write, accepted),
+            Ok(write) => self.write_queued(write, true, accepted),
             Err(e) => answered(Err(e)),
         }
     }
@@ -223,6 +237,7 @@ impl Store for RedbStore {
                     state: delivery.state,
                     json,
                 },
+                false,
                 |_| (),
             ),
             Err(e) => answered(Err(e)),
@@ -230,7 +245,7 @@ impl Store for RedbStore {
     }
 
     fn remove_queued(&self, id: &str) -> Ticket<bool> {
-        self.write_queued(Write::Remove(id.to_string()), removed)
+        self.write_queued(Write::Remove(id.to_string()), false, removed)
     }
 
     fn pending(&self) -> Result<Vec<Delivery>, StoreError> {
@@ -323,6 +338,8 @@ fn init(db: &Database) -> Result<(), String> {
 
 /// The writer thread: one transaction and one commit per batch of queued requests.
 fn run_writer(db: &Database, inbox: &mpsc::Receiver<Request>, commits: &AtomicU64) {
+    // Whether a commit without fsync happened since the last one with.
+    let mut unsynced = false;
     while let Ok(first) = inbox.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -335,6 +352,7 @@ fn run_writer(db: &Database, inbox: &mpsc::Receiver<Request>, commits: &AtomicU6
             Ok((done, committed)) => {
                 if committed {
                     commits.fetch_add(1, Ordering::Relaxed);
+                    unsynced = !batch.iter().any(|r| r.durable);
                 }
                 for (req, done) in batch.into_iter().zip(done) {
                     let _ = req.reply.send(Ok(done));
@@ -348,12 +366,32 @@ fn run_writer(db: &Database, inbox: &mpsc::Receiver<Request>, commits: &AtomicU6
             }
         }
     }
+    // Closing: put attempt records committed without fsync on disk too.
+    if unsynced && let Err(e) = sync(db) {
+        tracing::warn!(error = %e, "final store sync failed; the last attempt records may run again");
+    }
+}
+
+/// An empty commit with fsync: makes every earlier commit durable.
+fn sync(db: &Database) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    txn.commit()?;
+    Ok(())
 }
 
 /// Applies `batch` in order in one write transaction; commits it (durably) if anything changed.
 fn apply_batch(db: &Database, batch: &[Request]) -> Result<(Vec<Done>, bool), redb::Error> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
+    // Only accepting a callback must be on disk before it returns (the 2xx depends on it). The
+    // record of an attempt may be lost in a crash: the delivery then runs again, which
+    // at-least-once allows. Such batches skip the fsync; the next accept makes them durable.
+    let needs_fsync = batch.iter().any(|r| r.durable);
+    txn.set_durability(if needs_fsync {
+        Durability::Immediate
+    } else {
+        Durability::None
+    })?;
     let mut done = Vec::with_capacity(batch.len());
     let mut changed = false;
     {
@@ -600,6 +638,7 @@ mod tests {
                     deliveries: vec![(id.to_string(), encode_delivery(&delivery(id)).unwrap())],
                     now_ms: 0,
                 },
+                durable: true,
                 reply,
             }
         };
