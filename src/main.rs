@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use zimhook::{admin, cli, config, daemon, logging};
 
+// glibc's malloc showed as a quarter of the daemon's CPU under load (arena contention between
+// the tokio workers and the store's writer thread); mimalloc is made for this pattern.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Receives ZEGOCLOUD server callbacks, verifies them and routes them to commands, HTTP
 /// forwards and WebAssembly plugins.
 #[derive(Parser)]
