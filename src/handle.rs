@@ -91,7 +91,7 @@ pub async fn callback(app: &App, snapshot: &Arc<Snapshot>, raw: Bytes, deadline:
     };
 
     if let Some(key) = &key {
-        match app.queue.check_replay(key.encode()).await {
+        match app.queue.check_replay(&key.encode()) {
             Ok(Some(seen)) => {
                 let reply = seen_reply(&seen, &body_hash);
                 log(&reply, &[], None);
