@@ -454,7 +454,16 @@ fn check_snapshot(text: &str, s: &zimhook::config::Snapshot) {
     assert!(s.verify.secrets.iter().all(|k| !k.expose().is_empty()));
     assert!(s.verify.max_skew.is_none_or(|d| !d.is_zero()));
     let mut names = std::collections::BTreeSet::new();
+    // Each template of each rule under its own id: one may not replace another.
+    let mut ids = std::collections::BTreeSet::new();
     for rule in &s.rules {
+        for id in rule_templates(rule) {
+            assert!(
+                ids.insert(id.as_str()),
+                "template id {:?} is used twice",
+                id.as_str()
+            );
+        }
         assert!(!rule.name.trim().is_empty());
         assert!(
             names.insert(rule.name.as_str()),
