@@ -137,12 +137,23 @@ fn json_reason(e: &serde_json::Error) -> String {
     }
 }
 
+/// With `arbitrary_precision`, serde_json reads an object whose first key is this as a number:
+/// a form field of that name would give a [`Callback::json`] that zimhook itself cannot read
+/// back as the object (serde-rs/json#826). A JSON body is read that way from the start.
+const SERDE_NUMBER_KEY: &str = "$serde_json::private::Number";
+
 fn decode_form(text: &str) -> Result<Map<String, Value>, DecodeError> {
     let mut map = Map::new();
     for (i, (key, value)) in form_urlencoded::parse(text.trim_end().as_bytes()).enumerate() {
         if key.is_empty() {
             return Err(DecodeError::Neither(format!(
                 "form field {} has an empty name",
+                i + 1
+            )));
+        }
+        if key == SERDE_NUMBER_KEY {
+            return Err(DecodeError::Neither(format!(
+                "form field {} has a reserved name {key:?}",
                 i + 1
             )));
         }
@@ -259,6 +270,22 @@ mod tests {
         );
         assert!(decode("").is_err());
         assert!(decode("hello").is_err());
+    }
+
+    #[test]
+    fn form_field_named_like_serde_json_numbers_is_refused() {
+        for body in [
+            "$serde_json::private::Number=%7D",
+            "$serde_json::private::Number=5&event=x",
+            "event=x&%24serde_json%3A%3Aprivate%3A%3ANumber=5",
+        ] {
+            match decode(body) {
+                Err(DecodeError::Neither(reason)) => {
+                    assert!(reason.contains("reserved"), "{reason}")
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -436,7 +436,10 @@ fn compile_rule(
         .build()
         .unwrap_or_else(|_| globset::GlobSet::empty());
 
-    let id = |part: &str| format!("{name}.{part}");
+    // The name quoted: `"a".env.when` and `"a.env".when` stay two templates (unquoted, rule
+    // "a"'s env var `when` and rule "a.env"'s `when` were one id, and the second replaced the
+    // first).
+    let id = |part: &str| format!("{name:?}.{part}");
     let template = |c: &mut Checker,
                     templates: &mut Templates,
                     part: &str,
@@ -725,5 +728,39 @@ fn check_sync_overlap(c: &mut Checker, raw: &RawConfig, rules: &[Arc<Rule>]) {
                 c.warn(span, format!("sync rules {:?} (line {}) and {:?} both answer {event:?}: only {:?}, the first, is used for the reply", a.name, a.line, b.name, a.name));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::Context;
+
+    #[test]
+    fn template_ids_of_different_rules_never_collide() {
+        let text = r#"
+[verify]
+secrets = ["s"]
+[[rule]]
+name = "a"
+events = ["*"]
+command = ["true"]
+env = { when = "{{ call_id }}" }
+[[rule]]
+name = "a.env"
+events = ["*"]
+when = "true"
+command = ["true"]
+"#;
+        let s = load_str(Path::new("/tmp/x.toml"), text).unwrap();
+        let Action::Command(a) = &s.rules[0].action else {
+            panic!("rule a is a command rule")
+        };
+        let object = serde_json::json!({ "call_id": "c1" });
+        let ctx = Context::new(object.as_object().unwrap(), "call_timeout", "", None, None);
+        assert_eq!(s.templates.render(&a.env[0].1, &ctx).unwrap(), "c1");
+        let when = s.rules[1].when.as_ref().unwrap();
+        assert!(s.templates.is_true(when, &ctx).unwrap());
+        assert_ne!(a.env[0].1, *when);
     }
 }
