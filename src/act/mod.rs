@@ -19,11 +19,7 @@ use crate::template::Context;
 pub const OUTPUT_CAP: usize = 64 * 1024;
 
 /// An event a plugin asked to route like a callback.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Emitted {
-    pub name: String,
-    pub payload: String,
-}
+pub use crate::plugin::Emitted;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

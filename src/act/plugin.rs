@@ -14,7 +14,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use super::{Emitted, Outcome, Report, Run};
+use super::{Outcome, Report, Run};
 use crate::config::{Action, ConfigError, Diagnostic, PluginAction, PluginSettings, Snapshot};
 use crate::metrics::Metrics;
 use crate::plugin::{CallLimits, HostSettings, Plugin, PluginEvent, PluginHost};
@@ -157,14 +157,7 @@ impl Plugins {
         match result {
             Ok(outcome) => Outcome::Ok {
                 answer: outcome.response.map(Bytes::from),
-                emit: outcome
-                    .emit
-                    .into_iter()
-                    .map(|e| Emitted {
-                        name: e.name,
-                        payload: e.payload,
-                    })
-                    .collect(),
+                emit: outcome.emit,
             }
             .into(),
             Err(e) => Outcome::fail(format!("plugin {name}: {e}")).into(),

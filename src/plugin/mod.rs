@@ -327,7 +327,7 @@ pub struct PluginOutcome {
 }
 
 /// An event a plugin asks zimhook to route.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Emitted {
     pub name: String,
     /// JSON object text, unchecked.
