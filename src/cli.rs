@@ -108,7 +108,7 @@ pub async fn send(
     };
     let appid = appid
         .or_else(|| snapshot.verify.appids.first().cloned())
-        .or_else(|| fields.get("appid").and_then(literal))
+        .or_else(|| fields.get("appid").and_then(crate::receive::literal_text))
         .unwrap_or_else(|| "1".to_string());
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -173,13 +173,5 @@ fn read_fields(data: Option<&str>) -> anyhow::Result<Map<String, Value>> {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => bail!("the event's fields must be a JSON object"),
         Err(e) => bail!("the event's fields are not JSON: {e}"),
-    }
-}
-
-fn literal(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
     }
 }

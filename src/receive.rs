@@ -202,7 +202,7 @@ impl Envelope {
 }
 
 /// A scalar's literal text: strings as they are, numbers with their exact digits.
-fn literal_text(v: &Value) -> Option<String> {
+pub fn literal_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),

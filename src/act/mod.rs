@@ -99,13 +99,7 @@ pub struct Run<'a> {
 
 impl Run<'_> {
     pub fn context(&self) -> Context {
-        Context::new(
-            &self.callback.object,
-            self.callback.event(),
-            &String::from_utf8_lossy(&self.callback.raw),
-            Some(&self.rule.name),
-            Some(self.delivery_id),
-        )
+        crate::route::context(self.callback, Some((&self.rule.name, self.delivery_id)))
     }
 }
 

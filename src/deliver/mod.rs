@@ -10,7 +10,6 @@ pub mod redb_store;
 pub mod store;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -178,14 +177,6 @@ pub enum AcceptError {
     Store(#[from] StoreError),
 }
 
-/// Counters the queue keeps for status lines and metrics.
-#[derive(Debug, Default)]
-pub struct QueueStats {
-    pub succeeded: AtomicU64,
-    pub retried: AtomicU64,
-    pub dead_lettered: AtomicU64,
-}
-
 /// The delivery queue: accepts deliveries durably, runs them with workers.
 #[derive(Clone)]
 pub struct DeliveryQueue {
@@ -202,7 +193,6 @@ struct Inner {
     max_queued: usize,
     tracker: TaskTracker,
     stop: CancellationToken,
-    stats: QueueStats,
     metrics: Arc<Metrics>,
 }
 
@@ -307,16 +297,11 @@ impl DeliveryQueue {
             actors,
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
-            stats: QueueStats::default(),
             metrics,
         };
         Ok(DeliveryQueue {
             inner: Arc::new(inner),
         })
-    }
-
-    pub fn stats(&self) -> &QueueStats {
-        &self.inner.stats
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -544,10 +529,6 @@ impl DeliveryQueue {
         d.state = DeliveryState::Dead;
         d.last_error = Some("rule removed".into());
         self.persist(d).await;
-        self.inner
-            .stats
-            .dead_lettered
-            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// One attempt of one delivery, and what follows from its outcome.
@@ -624,7 +605,6 @@ impl DeliveryQueue {
                 if let Err(e) = self.inner.store.remove_queued(&d.id).await {
                     tracing::error!(error = %e, "delivered, but removing it from the store failed; it may run again");
                 }
-                self.inner.stats.succeeded.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::Retry { reason, after } if d.attempts < rule.retry.attempts => {
                 self.inner.metrics.rule_run(&rule.name, "retry", elapsed);
@@ -633,7 +613,6 @@ impl DeliveryQueue {
                 tracing::warn!(outcome = "retry", duration_ms = elapsed.as_millis() as u64, retry_in_ms = delay.as_millis() as u64, error = %reason, output = report.output.as_deref().unwrap_or(""), "attempt failed; will retry");
                 self.persist(d.clone()).await;
                 self.inner.sched.lock().expect("sched lock").reschedule(d);
-                self.inner.stats.retried.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::Retry { reason, .. } | Outcome::Fail { reason } => {
                 self.inner.metrics.rule_run(&rule.name, "failed", elapsed);
@@ -641,10 +620,6 @@ impl DeliveryQueue {
                 self.inner.sched.lock().expect("sched lock").remove(&d.id);
                 d.state = DeliveryState::Dead;
                 self.persist(d).await;
-                self.inner
-                    .stats
-                    .dead_lettered
-                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -678,7 +653,8 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError(format!("store task failed: {e}")))?
 }
 
-/// Keeps `OwnedSemaphorePermit` in the public signature set small; used by sync runs.
+/// A permit for one run of `rule` under its `concurrency` (none if unlimited); sync runs wait
+/// for it, the scheduler only takes free ones.
 pub async fn acquire(rule: &Rule) -> Option<OwnedSemaphorePermit> {
     match &rule.concurrency {
         Some(sem) => sem.clone().acquire_owned().await.ok(),
