@@ -763,4 +763,26 @@ command = ["true"]
         assert!(s.templates.is_true(when, &ctx).unwrap());
         assert_ne!(a.env[0].1, *when);
     }
+
+    #[test]
+    fn blank_secrets_are_errors_with_their_position() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("blank"), "  \n").unwrap();
+        let path = dir.path().join("config.toml");
+        for (spec, col) in [
+            ("\"   \"", 12),
+            ("\"\"", 12),
+            ("\"file:blank\"", 12),
+        ] {
+            let text = format!("[verify]\nsecrets = [{spec}]\n");
+            let err = load_str(&path, &text).unwrap_err();
+            let d = &err.errors[0];
+            assert_eq!((d.line, d.col), (2, col), "{spec}: {err}");
+            assert!(d.message.starts_with("verify.secrets:"), "{err}");
+        }
+        // A good secret next to a blank one does not hide it.
+        let text = "[verify]\nsecrets = [\"good\", \" \"]\n";
+        let err = load_str(&path, text).unwrap_err();
+        assert_eq!((err.errors[0].line, err.errors[0].col), (2, 20), "{err}");
+    }
 }
