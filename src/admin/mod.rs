@@ -16,6 +16,7 @@
 pub mod client;
 
 use std::convert::Infallible;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -33,8 +34,8 @@ use crate::app::App;
 use crate::config::AdminListen;
 use crate::deliver::Delivery;
 
-/// Binds the admin listener. A unix socket left by an earlier run is replaced; the new one is
-/// readable and writable by the daemon's user only.
+/// Binds the admin listener. A unix socket left by an earlier run is replaced (nothing else at
+/// that path is); the new one is readable and writable by the daemon's user only.
 pub async fn bind(listen: &AdminListen) -> anyhow::Result<Listener> {
     match listen {
         AdminListen::Tcp(addr) => Ok(Listener::Tcp(
@@ -48,11 +49,7 @@ pub async fn bind(listen: &AdminListen) -> anyhow::Result<Listener> {
             {
                 std::fs::create_dir_all(dir)?;
             }
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => anyhow::bail!("cannot replace admin socket {}: {e}", path.display()),
-            }
+            remove_stale_socket(path)?;
             let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
                 anyhow::anyhow!("cannot listen on admin socket {}: {e}", path.display())
             })?;
@@ -61,6 +58,32 @@ pub async fn bind(listen: &AdminListen) -> anyhow::Result<Listener> {
             Ok(Listener::Unix(listener))
         }
     }
+}
+
+/// Removes the socket an earlier run left at `path`. Anything else there is refused, never
+/// deleted: a regular file (a typo in `admin.listen`), a folder, a symlink, or a socket some
+/// process still serves on (another zimhook with the same config).
+fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("cannot inspect admin socket path {}: {e}", path.display()),
+    };
+    if !meta.file_type().is_socket() {
+        anyhow::bail!(
+            "admin.listen {}: exists and is not a socket; refusing to replace it (fix admin.listen, or remove the file yourself)",
+            path.display()
+        );
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!(
+            "admin.listen {}: the socket is in use by a running process (another zimhook?); refusing to replace it",
+            path.display()
+        );
+    }
+    std::fs::remove_file(path)
+        .map_err(|e| anyhow::anyhow!("cannot replace admin socket {}: {e}", path.display()))
 }
 
 pub enum Listener {
