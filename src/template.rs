@@ -2,11 +2,103 @@
 //! with strict undefined names (a typo is an error, not an empty string) and a fuel limit (a
 //! template cannot loop for long). Templates are compiled once per config snapshot and rendered
 //! against a [`Context`] built per callback.
+//!
+//! Values are escaped for where they stand, so that payload text cannot change what a request
+//! means (see [`Escape`]): a forward URL's values are percent-encoded (as a path segment before
+//! the template's first literal `?`, as a query component after it), a JSON body's values are
+//! JSON-encoded; every other template prints values as they are. A value marked safe (`|safe`,
+//! or the output of `tojson`) is inserted as is.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::{Arc, OnceLock, RwLock};
 
-use minijinja::{Environment, UndefinedBehavior, Value};
+use minijinja::{
+    AutoEscape, Environment, Error, ErrorKind, Output, State, UndefinedBehavior, Value,
+};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+/// How a template escapes the values it prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    /// As they are: `when`, argv (never through a shell), `env`, headers, `order_by`, bodies
+    /// that are not JSON.
+    None,
+    /// JSON-encoded: a string gets its quotes and escapes, a list or map becomes JSON
+    /// (`{"text": {{ msg_body }}}`).
+    Json,
+    /// Percent-encoded as one segment of a URL path: `/`, `?`, `#`, `%`, `\`, `:`, `@`, `;`,
+    /// spaces and the rest become `%XX`; a value that is `.` or `..` is an error (no encoding
+    /// keeps a URL parser from climbing the path with it).
+    UrlPath,
+    /// Percent-encoded as a query component: all but `A-Z a-z 0-9 - . _ ~`.
+    UrlQuery,
+}
+
+impl Escape {
+    const URL_PATH: &str = "url-path";
+    const URL_QUERY: &str = "url-query";
+
+    fn auto_escape(self) -> AutoEscape {
+        match self {
+            Escape::None => AutoEscape::None,
+            Escape::Json => AutoEscape::Json,
+            Escape::UrlPath => AutoEscape::Custom(Self::URL_PATH.into()),
+            Escape::UrlQuery => AutoEscape::Custom(Self::URL_QUERY.into()),
+        }
+    }
+}
+
+/// What stays as is in a value that stands in a URL path: the unreserved characters and the
+/// sub-delimiters that end neither a segment nor the authority (RFC 3986). `;` (path
+/// parameters to some servers), `:` and `@` (userinfo and port, where a value stands in the
+/// authority) are encoded too.
+const PATH_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b'=');
+
+/// What stays as is in a value that stands in a URL query: the unreserved characters only
+/// (`&`, `=`, `+`, `#`, `%` and spaces are encoded).
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Prints a value in a template whose auto-escape mode is one of ours; the built-in modes
+/// (none, JSON) go to minijinja's own formatter.
+fn format_value(out: &mut Output, state: &mut State, value: &Value) -> Result<(), Error> {
+    let (set, in_path) = match state.auto_escape() {
+        AutoEscape::Custom(name) if name == Escape::URL_PATH => (PATH_VALUE, true),
+        AutoEscape::Custom(name) if name == Escape::URL_QUERY => (QUERY_VALUE, false),
+        _ => return minijinja::escape_formatter(out, state, value),
+    };
+    if value.is_safe() {
+        return out
+            .write_str(value.as_str().unwrap_or_default())
+            .map_err(Error::from);
+    }
+    let text = value.to_string();
+    if in_path && (text == "." || text == "..") {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("a URL path value of {text:?} would change the path; refused"),
+        ));
+    }
+    write!(out, "{}", utf8_percent_encode(&text, set)).map_err(Error::from)
+}
 
 /// Names a template compiled into [`Templates`]. A template without any `{{`/`{%`/`{#` is a
 /// literal: it renders to itself without a context being built.
@@ -14,6 +106,9 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 pub struct TemplateId {
     name: Arc<str>,
     literal: Option<Arc<str>>,
+    /// A second template, rendered after this one and appended: a URL's query part, compiled
+    /// apart from its path part so that each escapes values its own way.
+    then: Option<Arc<str>>,
 }
 
 impl TemplateId {
@@ -25,6 +120,8 @@ impl TemplateId {
 /// Every template of one config snapshot.
 pub struct Templates {
     env: Environment<'static>,
+    /// Each template's escaping, by name (read by minijinja when it compiles one).
+    escapes: Arc<RwLock<HashMap<String, Escape>>>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -45,24 +142,83 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         // Enough for any sensible template; stops one that loops over a huge range.
         env.set_fuel(Some(200_000));
-        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-        Templates { env }
+        let escapes: Arc<RwLock<HashMap<String, Escape>>> = Default::default();
+        let lookup = escapes.clone();
+        env.set_auto_escape_callback(move |name| {
+            lookup
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .copied()
+                .unwrap_or(Escape::None)
+                .auto_escape()
+        });
+        env.set_formatter(format_value);
+        Templates { env, escapes }
     }
 
-    /// Compiles `source` as a template named `id`.
-    pub fn add(&mut self, id: &str, source: &str) -> Result<TemplateId, minijinja::Error> {
-        self.env
-            .add_template_owned(id.to_string(), source.to_string())?;
-        let literal = (!source.contains("{{") && !source.contains("{%") && !source.contains("{#"))
-            .then(|| Arc::from(source));
+    /// Compiles `source` as a template named `id` that prints values as they are.
+    pub fn add(&mut self, id: &str, source: &str) -> Result<TemplateId, Error> {
+        self.add_escaped(id, source, Escape::None)
+    }
+
+    /// Compiles `source` as a template named `id` that escapes the values it prints.
+    pub fn add_escaped(
+        &mut self,
+        id: &str,
+        source: &str,
+        escape: Escape,
+    ) -> Result<TemplateId, Error> {
+        self.compile(id, source, escape)?;
         Ok(TemplateId {
             name: id.into(),
-            literal,
+            literal: is_literal(source).then(|| Arc::from(source)),
+            then: None,
         })
     }
 
+    /// Compiles a forward URL: its path part (up to the first literal `?`, outside any tag)
+    /// escapes values as path segments, its query part as query components. The literal text
+    /// is never changed.
+    pub fn add_url(&mut self, id: &str, source: &str) -> Result<TemplateId, Error> {
+        if is_literal(source) {
+            return self.add(id, source);
+        }
+        // Whole first, so that a syntax error points into the URL as written.
+        self.env.template_from_str(source)?;
+        let Some(q) = query_start(source) else {
+            return self.add_escaped(id, source, Escape::UrlPath);
+        };
+        let (path, query) = source.split_at(q);
+        let query_id = format!("{id}.query");
+        let split = self
+            .compile(id, path, Escape::UrlPath)
+            .and_then(|()| self.compile(&query_id, query, Escape::UrlQuery));
+        if split.is_err() {
+            return Err(Error::new(
+                ErrorKind::SyntaxError,
+                "the `?` that starts the query is inside a `{% %}` block: put it outside the \
+                 block, so that the path and the query can each be escaped their own way",
+            ));
+        }
+        Ok(TemplateId {
+            name: id.into(),
+            literal: None,
+            then: Some(query_id.into()),
+        })
+    }
+
+    fn compile(&mut self, id: &str, source: &str, escape: Escape) -> Result<(), Error> {
+        self.escapes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), escape);
+        self.env
+            .add_template_owned(id.to_string(), source.to_string())
+    }
+
     /// Compiles a `when` expression; it renders to `true` where the expression is truthy.
-    pub fn add_expression(&mut self, id: &str, expr: &str) -> Result<TemplateId, minijinja::Error> {
+    pub fn add_expression(&mut self, id: &str, expr: &str) -> Result<TemplateId, Error> {
         // Compiled on its own first so that a syntax error points into the expression as written.
         self.env.compile_expression_owned(expr.to_string())?;
         self.add(id, &format!("{{% if ({expr}) %}}true{{% endif %}}"))
@@ -72,12 +228,22 @@ impl Templates {
         if let Some(literal) = &id.literal {
             return Ok(literal.to_string());
         }
-        let template = self
-            .env
-            .get_template(id.as_str())
-            .map_err(|e| TemplateError::new(id, e))?;
-        template
-            .render(ctx.value.clone())
+        let mut text = self.render_one(id, &id.name, ctx)?;
+        if let Some(then) = &id.then {
+            text.push_str(&self.render_one(id, then, ctx)?);
+        }
+        Ok(text)
+    }
+
+    fn render_one(
+        &self,
+        id: &TemplateId,
+        name: &str,
+        ctx: &Context,
+    ) -> Result<String, TemplateError> {
+        self.env
+            .get_template(name)
+            .and_then(|t| t.render(ctx.value.clone()))
             .map_err(|e| TemplateError::new(id, e))
     }
 
@@ -113,6 +279,131 @@ impl<'a> LazyContext<'a> {
     }
 }
 
+/// Whether `source` has no tag at all (it renders to itself).
+pub fn is_literal(source: &str) -> bool {
+    !source.contains("{{") && !source.contains("{%") && !source.contains("{#")
+}
+
+/// A piece of template source: literal text, or a tag with its delimiters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Text(Range<usize>),
+    /// `{{ ... }}`: prints a value.
+    Expr(Range<usize>),
+    /// `{% ... %}`
+    Stmt(Range<usize>),
+    /// `{# ... #}`
+    Comment(Range<usize>),
+}
+
+/// Splits template source into literal text and tags, the way minijinja's lexer does for the
+/// purposes here: quoted strings inside a tag do not end it, and the body of a
+/// `{% raw %}...{% endraw %}` block is text. An unclosed tag runs to the end.
+pub fn pieces(source: &str) -> Vec<Piece> {
+    let b = source.as_bytes();
+    let mut out = Vec::new();
+    let mut text_start = 0;
+    let mut i = 0;
+    let mut raw = false;
+    while i + 1 < b.len() {
+        let close = match (b[i], b[i + 1]) {
+            (b'{', b'{') => b'}',
+            (b'{', b'%') => b'%',
+            (b'{', b'#') => b'#',
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let end = tag_end(b, i + 2, close);
+        let tag = &source[i..end];
+        let inner = tag[2..].trim_start_matches(['-', '+', '~']).trim_start();
+        if raw && !(close == b'%' && inner.starts_with("endraw")) {
+            i += 2;
+            continue;
+        }
+        if text_start < i {
+            out.push(Piece::Text(text_start..i));
+        }
+        out.push(match close {
+            b'}' => Piece::Expr(i..end),
+            b'%' => Piece::Stmt(i..end),
+            _ => Piece::Comment(i..end),
+        });
+        if close == b'%' {
+            let word = inner.split(|c: char| !c.is_ascii_alphanumeric()).next();
+            raw = word == Some("raw");
+        }
+        i = end;
+        text_start = end;
+    }
+    if text_start < b.len() {
+        out.push(Piece::Text(text_start..b.len()));
+    }
+    out
+}
+
+/// The end (exclusive) of a tag whose body starts at `from` and that closes with `close` `}`.
+fn tag_end(b: &[u8], from: usize, close: u8) -> usize {
+    let mut i = from;
+    let mut quote = None;
+    while i < b.len() {
+        match quote {
+            Some(q) => {
+                if b[i] == b'\\' {
+                    i += 1;
+                } else if b[i] == q {
+                    quote = None;
+                }
+            }
+            None if close != b'#' && (b[i] == b'"' || b[i] == b'\'') => quote = Some(b[i]),
+            None if b[i] == close && b.get(i + 1) == Some(&b'}') => return i + 2,
+            None => {}
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+/// Where a URL template's query starts: its first `?` in literal text, if any.
+pub fn query_start(source: &str) -> Option<usize> {
+    pieces(source).into_iter().find_map(|p| match p {
+        Piece::Text(r) => source[r.clone()].find('?').map(|i| r.start + i),
+        _ => None,
+    })
+}
+
+/// The `{{ }}` tags of a JSON template that stand inside a JSON string of its literal text
+/// (`"{{ name }}"`), where a JSON-encoded value would bring its own quotes. Tags that mark
+/// their value safe (`|safe`) are left out: they print as written.
+pub fn exprs_inside_json_strings(source: &str) -> Vec<Range<usize>> {
+    let mut found = Vec::new();
+    let mut in_string = false;
+    for piece in pieces(source) {
+        match piece {
+            Piece::Text(r) => {
+                let mut escaped = false;
+                for c in source[r].chars() {
+                    match c {
+                        _ if escaped => escaped = false,
+                        '\\' if in_string => escaped = true,
+                        '"' => in_string = !in_string,
+                        _ => {}
+                    }
+                }
+            }
+            Piece::Expr(r) if in_string => {
+                let tag: String = source[r.clone()].split_whitespace().collect();
+                if !tag.contains("|safe") {
+                    found.push(r);
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
 /// A template that failed to render: which one, and minijinja's reason.
 #[derive(Debug, thiserror::Error)]
 #[error("template {id} failed: {reason}")]
@@ -122,7 +413,7 @@ pub struct TemplateError {
 }
 
 impl TemplateError {
-    fn new(id: &TemplateId, e: minijinja::Error) -> Self {
+    fn new(id: &TemplateId, e: Error) -> Self {
         let mut reason = e.kind().to_string();
         if let Some(detail) = e.detail() {
             reason = format!("{reason}: {detail}");
@@ -273,5 +564,111 @@ mod tests {
         let mut t = Templates::new();
         assert!(t.add_expression("w", "user_ids |").is_err());
         assert!(t.add("x", "{{ a").is_err());
+    }
+
+    #[test]
+    fn url_values_are_encoded_for_the_path_and_for_the_query() {
+        let mut t = Templates::new();
+        let id = t
+            .add_url(
+                "u",
+                "https://x.example/missed/{{ v }}/{{ v | safe }}?v={{ v }}&w={{ w }}#{{ v }}",
+            )
+            .unwrap();
+        let c = ctx(r#"{"v":"../../admin?x=1&y#z","w":"a b+c%d=é;:@/\\"}"#);
+        assert_eq!(
+            t.render(&id, &c).unwrap(),
+            "https://x.example/missed/..%2F..%2Fadmin%3Fx=1&y%23z/../../admin?x=1&y#z\
+             ?v=..%2F..%2Fadmin%3Fx%3D1%26y%23z&w=a%20b%2Bc%25d%3D%C3%A9%3B%3A%40%2F%5C\
+             #..%2F..%2Fadmin%3Fx%3D1%26y%23z"
+        );
+        // In the path: `;`, `:`, `@`, `\`, `%` and spaces too; sub-delimiters stay.
+        let id = t.add_url("p", "https://x.example/{{ w }}").unwrap();
+        assert_eq!(
+            t.render(&id, &c).unwrap(),
+            "https://x.example/a%20b+c%25d=%C3%A9%3B%3A%40%2F%5C"
+        );
+        // Numbers and lists print as text, then are encoded.
+        let id = t
+            .add_url("n", "https://x.example/{{ n }}?l={{ l }}")
+            .unwrap();
+        assert_eq!(
+            t.render(&id, &ctx(r#"{"n":12,"l":["a","b"]}"#)).unwrap(),
+            "https://x.example/12?l=%5B%27a%27%2C%20%27b%27%5D"
+        );
+    }
+
+    #[test]
+    fn the_query_starts_at_the_first_literal_question_mark() {
+        assert_eq!(query_start("https://x/{{ a ~ '?' }}/b?c"), Some(25));
+        assert_eq!(query_start("https://x/{# ? #}b"), None);
+        assert_eq!(query_start("https://x/{% if a %}?{% endif %}"), Some(20));
+        assert_eq!(query_start("https://x/{% raw %}{{?{% endraw %}"), Some(21));
+        assert_eq!(query_start("https://x/{{ \"}}?\" }}?q"), Some(21));
+        // A `?` inside a block cannot be a split point: said at compile time.
+        let mut t = Templates::new();
+        let err = t
+            .add_url("u", "https://x/{% if a %}?q={{ a }}{% endif %}")
+            .unwrap_err();
+        assert!(err.to_string().contains("inside a `{% %}` block"), "{err}");
+        // A literal URL is left alone, `?` or not.
+        let id = t.add_url("l", "https://x/a b?c=d e").unwrap();
+        assert_eq!(t.render(&id, &ctx("{}")).unwrap(), "https://x/a b?c=d e");
+    }
+
+    #[test]
+    fn a_dot_segment_value_in_a_url_path_is_an_error() {
+        let mut t = Templates::new();
+        let id = t.add_url("u", "https://x/a/{{ v }}/b?q={{ v }}").unwrap();
+        for v in [".", ".."] {
+            let err = t
+                .render(&id, &ctx(&format!(r#"{{"v":"{v}"}}"#)))
+                .unwrap_err();
+            assert!(err.to_string().contains("would change the path"), "{err}");
+        }
+        assert_eq!(
+            t.render(&id, &ctx(r#"{"v":"..."}"#)).unwrap(),
+            "https://x/a/.../b?q=..."
+        );
+    }
+
+    #[test]
+    fn json_templates_encode_values_and_keep_tojson_and_safe() {
+        let mut t = Templates::new();
+        let id = t
+            .add_escaped(
+                "b",
+                r#"{"text": {{ m }}, "n": {{ n }}, "all": {{ payload | tojson }}, "raw": {{ r | safe }}, "hi": {{ "Hello " ~ m }}}"#,
+                Escape::Json,
+            )
+            .unwrap();
+        let c = ctx(r#"{"m":"a \"q\" \\ \n","n":858012925204410400123,"r":"[1]"}"#);
+        let out = t.render(&id, &c).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["text"], "a \"q\" \\ \n");
+        assert_eq!(v["hi"], "Hello a \"q\" \\ \n");
+        assert_eq!(v["r"], serde_json::Value::Null);
+        assert_eq!(v["raw"], serde_json::json!([1]));
+        assert!(out.contains("\"n\": 858012925204410400123"), "{out}");
+        assert_eq!(v["all"]["m"], "a \"q\" \\ \n");
+    }
+
+    #[test]
+    fn other_templates_print_values_as_they_are() {
+        let mut t = Templates::new();
+        let id = t.add("a", "{{ v }}").unwrap();
+        let c = ctx(r#"{"v":"../\"x\" & <y> %20"}"#);
+        assert_eq!(t.render(&id, &c).unwrap(), "../\"x\" & <y> %20");
+    }
+
+    #[test]
+    fn tags_inside_json_strings_are_found() {
+        let src = r#"{"a": "{{ x }}", "b": {{ y }}, "c": "pre {{ z }} \" {{ w }}", "d": "{{ s | safe }}", "e": {% if q %}"{{ q }}"{% endif %}}"#;
+        let found: Vec<&str> = exprs_inside_json_strings(src)
+            .into_iter()
+            .map(|r| &src[r])
+            .collect();
+        assert_eq!(found, ["{{ x }}", "{{ z }}", "{{ w }}", "{{ q }}"]);
+        assert!(exprs_inside_json_strings(r#"{"a": {{ "}}\"" }}, "b": 1}"#).is_empty());
     }
 }

@@ -115,7 +115,10 @@ mod tests {
         std::fs::write(dir.path().join("blank"), " \t\n").unwrap();
         for spec in ["", "   ", "file:blank"] {
             let err = resolve_secret(spec, dir.path()).unwrap_err();
-            assert!(err.contains("empty") || err.contains("blank"), "{spec:?}: {err}");
+            assert!(
+                err.contains("empty") || err.contains("blank"),
+                "{spec:?}: {err}"
+            );
         }
         assert_eq!(format!("{:?}", Secret::new("x")), "Secret(***)");
     }
