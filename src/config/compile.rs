@@ -15,6 +15,7 @@ use super::raw::{RawAdmin, RawAppId, RawConfig, RawRetry, RawRule};
 use super::units::{parse_duration, parse_size, resolve_secret};
 use super::*;
 use crate::events;
+use crate::template::Escape;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_PATH: &str = "/callback";
@@ -107,7 +108,10 @@ pub(super) fn compile(file: &Path, text: &str, hash: String) -> Result<Snapshot,
     };
 
     let server = server_settings(&mut c, &raw);
-    let admin = raw.admin.as_ref().and_then(|a| admin_settings(&mut c, a.get_ref()));
+    let admin = raw
+        .admin
+        .as_ref()
+        .and_then(|a| admin_settings(&mut c, a.get_ref()));
     let verify = verify_settings(&mut c, &raw);
     let store = StoreSettings {
         kind: store_kind(&mut c, &raw),
@@ -469,12 +473,18 @@ fn compile_rule(
     // "a"'s env var `when` and rule "a.env"'s `when` were one id, and the second replaced the
     // first).
     let id = |part: &str| format!("{name:?}.{part}");
-    let template = |c: &mut Checker,
-                    templates: &mut Templates,
-                    part: &str,
-                    src: &Spanned<String>|
+    let template_as = |c: &mut Checker,
+                       templates: &mut Templates,
+                       part: &str,
+                       src: &Spanned<String>,
+                       kind: Kind|
      -> Option<TemplateId> {
-        match templates.add(&id(part), src.get_ref()) {
+        let compiled = match kind {
+            Kind::Plain => templates.add(&id(part), src.get_ref()),
+            Kind::Url => templates.add_url(&id(part), src.get_ref()),
+            Kind::Json => templates.add_escaped(&id(part), src.get_ref(), Escape::Json),
+        };
+        match compiled {
             Ok(t) => Some(t),
             Err(e) => {
                 c.error(
@@ -485,6 +495,10 @@ fn compile_rule(
             }
         }
     };
+    let template =
+        |c: &mut Checker, templates: &mut Templates, part: &str, src: &Spanned<String>| {
+            template_as(c, templates, part, src, Kind::Plain)
+        };
 
     let when =
         r.when.as_ref().and_then(
@@ -595,6 +609,7 @@ fn compile_rule(
                 .enumerate()
                 .filter_map(|(i, a)| template(c, templates, &format!("command[{i}]"), a))
                 .collect();
+            check_shell_script(c, &label, argv_src.get_ref());
             let env: Vec<_> = r
                 .env
                 .iter()
@@ -608,7 +623,8 @@ fn compile_rule(
         }
         Some("forward") => {
             let url_src = r.forward.as_ref().expect("kind says forward");
-            let url = template(c, templates, "forward", url_src);
+            let url = template_as(c, templates, "forward", url_src, Kind::Url);
+            check_url(c, &label, url_src);
             if !url_src.get_ref().contains("{{")
                 && reqwest::Url::parse(url_src.get_ref())
                     .map(|u| !matches!(u.scheme(), "http" | "https"))
@@ -647,10 +663,37 @@ fn compile_rule(
                     ),
                 }
             }
-            let body = r
-                .body
-                .as_ref()
-                .and_then(|b| template(c, templates, "body", b));
+            // The body's values are JSON-encoded where the body is JSON: the rule's literal
+            // Content-Type says so, or there is none and forward sends application/json.
+            let content_type = r
+                .headers
+                .iter()
+                .flat_map(|h| h.get_ref().iter())
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                .map(|(_, v)| v);
+            let json_body = match content_type {
+                None => true,
+                Some(v) if crate::template::is_literal(v.get_ref()) => {
+                    is_json_media_type(v.get_ref())
+                }
+                Some(v) => {
+                    if r.body.is_some() {
+                        c.warn(
+                            v.span(),
+                            format!("{label}: Content-Type is a template, so the body's escaping cannot follow it: the body's values are inserted as they are"),
+                        );
+                    }
+                    false
+                }
+            };
+            let body = r.body.as_ref().and_then(|b| {
+                let kind = if json_body { Kind::Json } else { Kind::Plain };
+                let t = template_as(c, templates, "body", b, kind);
+                if t.is_some() && json_body {
+                    check_json_body(c, &label, b);
+                }
+                t
+            });
             url.map(|url| {
                 Action::Forward(ForwardAction {
                     url,
@@ -711,6 +754,166 @@ fn compile_rule(
         order_by,
         action: action?,
     })
+}
+
+/// How a rule's template escapes the values it prints.
+#[derive(Clone, Copy)]
+enum Kind {
+    Plain,
+    /// A forward URL: percent-encoded for the path, then for the query.
+    Url,
+    /// A JSON body: JSON-encoded.
+    Json,
+}
+
+/// `application/json`, or any `+json` type (`application/problem+json`).
+fn is_json_media_type(value: &str) -> bool {
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || (essence.contains('/') && essence.ends_with("+json"))
+}
+
+/// The file span of the text at byte `offset` of the string value `src` that starts with
+/// `needle`, found as the same occurrence of `needle` in the file's text of the TOML string
+/// (escapes change lengths, but never a template's `{{` or `{%`); the whole value where that
+/// fails.
+fn span_in(c: &Checker, src: &Spanned<String>, offset: usize, needle: &str) -> Range<usize> {
+    let value = src.get_ref();
+    let nth = value[..offset.min(value.len())].matches(needle).count();
+    let span = src.span();
+    let Some(raw) = c.text.get(span.clone()) else {
+        return span;
+    };
+    let delimiter = ["\"\"\"", "'''", "\"", "'"]
+        .into_iter()
+        .find(|d| raw.starts_with(d))
+        .map_or(0, str::len);
+    match raw[delimiter..].match_indices(needle).nth(nth) {
+        Some((i, _)) => {
+            let start = span.start + delimiter + i;
+            start..start + needle.len()
+        }
+        None => span,
+    }
+}
+
+/// Warns about a `{{ }}` inside a JSON string of a JSON body: the value brings its own quotes.
+fn check_json_body(c: &mut Checker, label: &str, body: &Spanned<String>) {
+    let source = body.get_ref();
+    for tag in crate::template::exprs_inside_json_strings(source) {
+        let span = span_in(c, body, tag.start, &source[tag.start..tag.start + 2]);
+        let text = &source[tag];
+        c.warn(
+            span,
+            format!(
+                "{label}: body: {text} stands inside a JSON string, but values in a JSON body are JSON-encoded, quotes included: write {text} without the surrounding quotes (to build a longer string: {{{{ \"Hello \" ~ name }}}}; to insert a value as is: |safe)"
+            ),
+        );
+    }
+}
+
+/// Warns about forward URLs whose meaning the percent-encoding of values would change.
+fn check_url(c: &mut Checker, label: &str, url: &Spanned<String>) {
+    use crate::template::Piece;
+    let source = url.get_ref();
+    let pieces = crate::template::pieces(source);
+    // The scheme and host come from a value: it is percent-encoded like any other.
+    let mut literal = String::new();
+    for piece in &pieces {
+        match piece {
+            Piece::Text(r) => literal.push_str(&source[r.clone()]),
+            Piece::Expr(r) => {
+                let tag: String = source[r.clone()].split_whitespace().collect();
+                if !literal.contains("://") && !tag.contains("|safe") {
+                    c.warn(
+                        span_in(c, url, r.start, "{{"),
+                        format!("{label}: forward: {} stands before the URL's scheme and host are complete, but values in a URL are percent-encoded (`:` and `/` too): if it holds a base URL (say from the environment), write {{{{ ... | safe }}}}", &source[r.clone()]),
+                    );
+                }
+                break;
+            }
+            _ => {}
+        }
+    }
+    if let Some(i) = source.find("urlencode") {
+        c.warn(
+            span_in(c, url, i, "urlencode"),
+            format!("{label}: forward: values in a URL are percent-encoded already; `urlencode` encodes them a second time"),
+        );
+    }
+}
+
+/// The shells whose `-c` takes a script.
+const SHELLS: [&str; 9] = [
+    "sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "yash", "fish",
+];
+
+/// Warns about a template inside the script of `sh -c SCRIPT` (any shell, `-c` alone or in a
+/// cluster such as `-ec`, also after `env`): the value would become shell code.
+fn check_shell_script(c: &mut Checker, label: &str, argv: &[Spanned<String>]) {
+    let name = |a: &Spanned<String>| {
+        let a = a.get_ref();
+        a.rsplit('/').next().unwrap_or(a).to_string()
+    };
+    let mut i = 0;
+    // `env [-i] [NAME=VALUE]... sh -c ...`
+    if argv.first().is_some_and(|a| name(a) == "env") {
+        i = 1;
+        while argv
+            .get(i)
+            .is_some_and(|a| a.get_ref().starts_with('-') || a.get_ref().contains('='))
+        {
+            i += 1;
+        }
+    }
+    if !argv
+        .get(i)
+        .is_some_and(|a| SHELLS.contains(&name(a).as_str()))
+    {
+        return;
+    }
+    // POSIX: sh -c [options] SCRIPT [NAME [ARG...]]: the script is the first operand.
+    let mut has_c = false;
+    let mut script = None;
+    let mut j = i + 1;
+    while let Some(a) = argv.get(j) {
+        let text = a.get_ref();
+        if text == "--" {
+            script = argv.get(j + 1);
+            break;
+        }
+        let is_option = (text.starts_with('-') || text.starts_with('+')) && text.len() > 1;
+        if !is_option {
+            script = Some(a);
+            break;
+        }
+        if !text.starts_with("--") {
+            has_c |= text[1..].contains('c');
+            // `-o OPTION` / `+o OPTION` takes the next word.
+            if text[1..].ends_with('o') {
+                j += 1;
+            }
+        }
+        j += 1;
+    }
+    let Some(script) = script.filter(|_| has_c) else {
+        return;
+    };
+    let text = script.get_ref();
+    let found = ["{{", "{%"]
+        .into_iter()
+        .filter_map(|n| text.find(n).map(|at| (at, n)))
+        .min();
+    if let Some((at, needle)) = found {
+        c.warn(
+            span_in(c, script, at, needle),
+            format!("{label}: command: a template inside the `{}` script: payload text would become shell code; read the event from stdin, or pass values as arguments after the script (\"$1\") or in `env`", argv[i].get_ref().to_string() + " -c"),
+        );
+    }
 }
 
 /// minijinja's reason, with its line inside the template where that helps.
@@ -798,11 +1001,7 @@ command = ["true"]
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("blank"), "  \n").unwrap();
         let path = dir.path().join("config.toml");
-        for (spec, col) in [
-            ("\"   \"", 12),
-            ("\"\"", 12),
-            ("\"file:blank\"", 12),
-        ] {
+        for (spec, col) in [("\"   \"", 12), ("\"\"", 12), ("\"file:blank\"", 12)] {
             let text = format!("[verify]\nsecrets = [{spec}]\n");
             let err = load_str(&path, &text).unwrap_err();
             let d = &err.errors[0];
@@ -813,5 +1012,146 @@ command = ["true"]
         let text = "[verify]\nsecrets = [\"good\", \" \"]\n";
         let err = load_str(&path, text).unwrap_err();
         assert_eq!((err.errors[0].line, err.errors[0].col), (2, 20), "{err}");
+    }
+
+    fn warnings(rules: &str) -> Vec<Diagnostic> {
+        let text = format!("[verify]\nsecrets = [\"s\"]\n{rules}");
+        load_str(Path::new("/tmp/x.toml"), &text)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .warnings
+    }
+
+    fn at(d: &Diagnostic) -> (usize, usize) {
+        (d.line, d.col)
+    }
+
+    #[test]
+    fn a_value_inside_a_json_string_of_a_json_body_is_warned_about() {
+        let rule = |body: &str, extra: &str| {
+            format!(
+                "[[rule]]\nname = \"f\"\nevents = [\"send_msg\"]\nforward = \"https://x/\"\n{extra}body = {body}\n"
+            )
+        };
+        // Line 7 is `body = ...` (two lines of [verify], four of the rule before it).
+        let w = warnings(&rule(r#"'{"text": "{{ msg_body }}", "n": {{ n }}}'"#, ""));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(at(&w[0]), (7, 19), "{}", w[0]);
+        assert!(
+            w[0].message.contains("without the surrounding quotes"),
+            "{}",
+            w[0]
+        );
+        // In a basic string, escapes before it do not shift the position.
+        let w = warnings(&rule(r#""{\"a\": \"x\", \"t\": \"{{ m }}\"}""#, ""));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(at(&w[0]), (7, 33), "{}", w[0]);
+        // A +json type is JSON too; a JSON-looking body of another type is not escaped.
+        let ct = |t: &str| format!("headers = {{ Content-Type = \"{t}\" }}\n");
+        let body = r#"'{"t": "{{ m }}"}'"#;
+        assert_eq!(
+            warnings(&rule(body, &ct("application/problem+json"))).len(),
+            1
+        );
+        assert!(warnings(&rule(body, &ct("text/plain"))).is_empty());
+        // Unquoted, tojson or |safe: fine.
+        assert!(
+            warnings(&rule(
+                r#"'{"t": {{ m }}, "p": {{ payload | tojson }}, "s": "{{ m | safe }}"}'"#,
+                ""
+            ))
+            .is_empty()
+        );
+        // A templated Content-Type: escaping cannot follow it.
+        let w = warnings(&rule("'{{ m }}'", &ct("{{ ct }}")));
+        assert!(w[0].message.contains("Content-Type is a template"), "{w:?}");
+    }
+
+    #[test]
+    fn only_json_bodies_escape_values() {
+        let text = "[verify]\nsecrets = [\"s\"]\n[[rule]]\nname = \"j\"\nevents = [\"*\"]\nforward = \"https://x/\"\nbody = '{{ m }}'\n[[rule]]\nname = \"t\"\nevents = [\"*\"]\nforward = \"https://x/\"\nheaders = { content-type = \"text/plain\" }\nbody = '{{ m }}'\n";
+        let s = load_str(Path::new("/tmp/x.toml"), text).unwrap();
+        let object = serde_json::json!({ "m": "say \"hi\"" });
+        let ctx = Context::new(object.as_object().unwrap(), "send_msg", "", None, None);
+        let body = |i: usize| match &s.rules[i].action {
+            Action::Forward(f) => s.templates.render(f.body.as_ref().unwrap(), &ctx).unwrap(),
+            _ => unreachable!(),
+        };
+        assert_eq!(body(0), r#""say \"hi\"""#);
+        assert_eq!(body(1), r#"say "hi""#);
+    }
+
+    #[test]
+    fn a_template_inside_a_shell_script_is_warned_about() {
+        let rule = |argv: &str| {
+            format!("[[rule]]\nname = \"c\"\nevents = [\"call_timeout\"]\ncommand = {argv}\n")
+        };
+        for argv in [
+            r#"["sh", "-c", "echo {{ call_id }}"]"#,
+            r#"["/bin/bash", "-ec", "echo {{ call_id }}"]"#,
+            r#"["/usr/bin/env", "A=1", "dash", "-c", "echo {% if x %}x{% endif %}"]"#,
+            r#"["bash", "-o", "pipefail", "-c", "echo {{ call_id }}"]"#,
+            r#"["zsh", "-e", "-c", "--", "echo {{ call_id }}"]"#,
+        ] {
+            let w = warnings(&rule(argv));
+            assert_eq!(w.len(), 1, "{argv}: {w:?}");
+            assert!(w[0].message.contains("shell code"), "{}", w[0]);
+            // It points at the template inside the script.
+            let col = argv.find("{{").or_else(|| argv.find("{%")).unwrap() + 11;
+            assert_eq!(at(&w[0]), (6, col), "{argv}: {}", w[0]);
+        }
+        for argv in [
+            r#"["sh", "-c", "printf '%s' \"$1\"", "sh", "{{ call_id }}"]"#,
+            r#"["sh", "script.sh", "{{ call_id }}"]"#,
+            r#"["echo", "-c", "{{ call_id }}"]"#,
+            r#"["sh", "-c", "cat >> events.jsonl"]"#,
+        ] {
+            assert!(warnings(&rule(argv)).is_empty(), "{argv}");
+        }
+    }
+
+    #[test]
+    fn forward_urls_whose_encoding_would_surprise_are_warned_about() {
+        let rule = |url: &str| {
+            format!("[[rule]]\nname = \"f\"\nevents = [\"call_timeout\"]\nforward = \"{url}\"\n")
+        };
+        let w = warnings(&rule("{{ env.CRM_URL }}/x"));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].message.contains("| safe"), "{}", w[0]);
+        assert_eq!(at(&w[0]), (6, 12));
+        assert!(warnings(&rule("{{ env.CRM_URL | safe }}/x/{{ call_id }}")).is_empty());
+        assert!(warnings(&rule("https://{{ host }}/x")).is_empty());
+        let w = warnings(&rule("https://x/{{ call_id | urlencode }}"));
+        assert!(w[0].message.contains("urlencode"), "{w:?}");
+        // A `?` inside a block: an error at the URL.
+        let text = format!(
+            "[verify]\nsecrets = [\"s\"]\n{}",
+            rule("https://x/{% if a %}?q={{ a }}{% endif %}")
+        );
+        let err = load_str(Path::new("/tmp/x.toml"), &text).unwrap_err();
+        assert_eq!(at(&err.errors[0]), (6, 11), "{err}");
+        assert!(err.errors[0].message.contains("block"), "{err}");
+    }
+
+    #[test]
+    fn a_tcp_admin_needs_a_token_and_a_unix_one_ignores_it() {
+        let load = |admin: &str| {
+            load_str(
+                Path::new("/tmp/x.toml"),
+                &format!("[admin]\n{admin}\n[verify]\nsecrets = [\"s\"]\n"),
+            )
+        };
+        let err = load("listen = \"127.0.0.1:9180\"").unwrap_err();
+        assert_eq!(at(&err.errors[0]), (2, 10), "{err}");
+        assert!(err.errors[0].message.contains("admin.token"), "{err}");
+        let s = load("listen = \"127.0.0.1:9180\"\ntoken = \"t0k\"").unwrap();
+        assert_eq!(s.admin.unwrap().token.unwrap().expose(), "t0k");
+        let err = load("listen = \"127.0.0.1:9180\"\ntoken = \" \"").unwrap_err();
+        assert_eq!(at(&err.errors[0]), (3, 9), "{err}");
+        let s = load("listen = \"unix:a.sock\"\ntoken = \"t0k\"").unwrap();
+        assert!(
+            s.warnings[0].message.contains("not checked"),
+            "{:?}",
+            s.warnings
+        );
     }
 }

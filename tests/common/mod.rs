@@ -186,6 +186,8 @@ pub struct Received {
     pub at: Instant,
     pub method: String,
     pub path: String,
+    /// The request target's query, as sent (still percent-encoded).
+    pub query: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
 }
@@ -231,6 +233,7 @@ impl Target {
                         async move {
                             let method = req.method().to_string();
                             let path = req.uri().path().to_string();
+                            let query = req.uri().query().map(str::to_string);
                             let headers = req
                                 .headers()
                                 .iter()
@@ -241,6 +244,7 @@ impl Target {
                                 at: Instant::now(),
                                 method,
                                 path,
+                                query,
                                 headers,
                                 body,
                             });
