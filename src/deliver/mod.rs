@@ -6,6 +6,7 @@
 //! The scheduler keeps an in-memory index of the pending deliveries (due time, per-rule
 //! concurrency, `order_by` chains); the store is the truth it is rebuilt from on start.
 
+pub mod claims;
 pub mod redb_store;
 pub mod store;
 
@@ -26,6 +27,7 @@ use crate::config::{RetryPolicy, Rule, Snapshot};
 use crate::metrics::Metrics;
 use crate::receive::Callback;
 use crate::route;
+pub use claims::{Claim, Claims};
 pub use redb_store::RedbStore;
 pub use store::{Accepted, MemoryStore, ReplayEntry, Seen, Store, StoreError};
 
@@ -185,6 +187,7 @@ pub struct DeliveryQueue {
 
 struct Inner {
     store: Arc<dyn Store>,
+    claims: Arc<Claims>,
     sched: Mutex<Sched>,
     wake: Notify,
     live: Arc<ArcSwap<Snapshot>>,
@@ -289,6 +292,7 @@ impl DeliveryQueue {
         }
         let inner = Inner {
             store,
+            claims: Claims::new(),
             sched: Mutex::new(sched),
             wake: Notify::new(),
             workers: Arc::new(Semaphore::new(snapshot.store.workers)),
@@ -329,30 +333,48 @@ impl DeliveryQueue {
         self.inner.store.check_replay(key, now_ms())
     }
 
-    /// Durably records the replay entry and the deliveries, then schedules them.
+    /// The callbacks in flight in this process, by replay key.
+    pub fn claims(&self) -> &Arc<Claims> {
+        &self.inner.claims
+    }
+
+    /// Durably records the replay entry and the deliveries, then schedules them; `claim` (the
+    /// callback's hold on its replay key) is released once both are done.
+    ///
+    /// Committing and scheduling run on a task of their own: once the write is handed to the
+    /// store, what it commits is scheduled in this process whether or not the caller is still
+    /// waiting (a client that hangs up cancels the request, not the commit).
     pub async fn accept(
         &self,
         replay: Option<ReplayEntry>,
         deliveries: Vec<Delivery>,
+        claim: Option<Claim>,
     ) -> Result<Accepted, AcceptError> {
         let pending = self.pending_len();
         if !deliveries.is_empty() && pending + deliveries.len() > self.inner.max_queued {
             return Err(AcceptError::Full(pending));
         }
-        let accepted = self
+        let ticket = self
             .inner
             .store
-            .accept_queued(replay.as_ref(), &deliveries, now_ms())
-            .await?;
-        if accepted == Accepted::New && !deliveries.is_empty() {
-            let mut s = self.inner.sched.lock().expect("sched lock");
-            for d in deliveries {
-                s.insert(d);
+            .accept_queued(replay.as_ref(), &deliveries, now_ms());
+        let queue = self.clone();
+        let committed = tokio::spawn(async move {
+            let accepted = ticket.await?;
+            if accepted == Accepted::New && !deliveries.is_empty() {
+                let mut s = queue.inner.sched.lock().expect("sched lock");
+                for d in deliveries {
+                    s.insert(d);
+                }
+                drop(s);
+                queue.inner.wake.notify_one();
             }
-            drop(s);
-            self.inner.wake.notify_one();
-        }
-        Ok(accepted)
+            drop(claim);
+            Ok(accepted)
+        });
+        committed
+            .await
+            .map_err(|e| AcceptError::Store(StoreError(format!("accept task failed: {e}"))))?
     }
 
     /// Makes a dead letter pending again, with a fresh count of attempts.
@@ -552,7 +574,7 @@ impl DeliveryQueue {
             && !emit.is_empty()
         {
             let next = deliveries_for_emitted(&snapshot, emit, d.depth + 1);
-            if let Err(e) = self.accept(None, next).await {
+            if let Err(e) = self.accept(None, next, None).await {
                 outcome = Outcome::retry(format!("emitted events could not be queued: {e}"));
             }
         }

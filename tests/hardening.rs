@@ -1,0 +1,240 @@
+//! The promise under attack and faults, with the real binary: clients that hang up while their
+//! callback is committed strand nothing, a signature works once whatever comes with it, and
+//! concurrent copies of one callback run its sync rule once.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::process::{Running, free_port};
+use common::*;
+use serde_json::{Value, json};
+
+/// Writes `config.toml` (listening on `port`, with the test secret) plus `rest` into `dir`.
+fn write_config(dir: &Path, port: u16, rest: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n{}[store]\npath = \"data/store.redb\"\n{rest}",
+        verify_section()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The `call_id`s a target received, with how often each came.
+fn received_ids(target: &Target) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for r in target.requests() {
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        *counts
+            .entry(v["call_id"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// Sends one signed POST over a fresh connection and closes it at once, without reading the
+/// reply: a sender that timed out.
+fn post_and_hang_up(port: u16, body: &str) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let request = format!(
+        "POST /callback HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(request.as_bytes());
+    drop(s);
+}
+
+/// Waits until the set of what `target` received stops changing for `quiet`.
+async fn settle(target: &Target, quiet: Duration, limit: Duration) {
+    let end = Instant::now() + limit;
+    let mut last = (target.count(), Instant::now());
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let n = target.count();
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() >= quiet {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_hanging_up_mid_commit_strand_no_delivery() {
+    const THREADS: usize = 16;
+    const EACH: usize = 94; // 1,504 callbacks
+    let target = Target::start(&[200]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        dir.path(),
+        port,
+        &format!(
+            "[[rule]]\nname = \"all\"\nevents = [\"*\"]\nforward = \"{}\"\n",
+            target.url("/in")
+        ),
+    );
+    let mut daemon = Running::start(&config, dir.path(), &[]);
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    let body = to_body(&sign(event(
+                        "call_timeout",
+                        json!({"call_id": format!("{t}-{i}"), "user_ids": ["a"]}),
+                    )));
+                    post_and_hang_up(port, &body);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    settle(&target, Duration::from_secs(2), Duration::from_secs(60)).await;
+    let before_restart = received_ids(&target);
+
+    // Whatever the store committed must have been delivered already: a restart finds nothing
+    // left to run.
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log());
+    let daemon = Running::start(&config, dir.path(), &[]);
+    settle(&target, Duration::from_secs(2), Duration::from_secs(30)).await;
+    let after_restart = received_ids(&target);
+    let stranded: BTreeSet<&String> = after_restart
+        .keys()
+        .filter(|id| !before_restart.contains_key(*id))
+        .collect();
+    println!(
+        "hang-ups: sent={} delivered before restart={} stranded (delivered only after restart)={}",
+        THREADS * EACH,
+        before_restart.len(),
+        stranded.len()
+    );
+    assert!(
+        before_restart.len() > 20,
+        "too few callbacks committed to mean anything: {}",
+        before_restart.len()
+    );
+    assert!(
+        stranded.is_empty(),
+        "{} committed callbacks ran only after a restart: {:?}",
+        stranded.len(),
+        stranded.iter().take(10).collect::<Vec<_>>()
+    );
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copies_of_a_callback_run_its_sync_rule_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let runs = dir.path().join("runs");
+    let config = write_config(
+        dir.path(),
+        port,
+        &format!(
+            r#"[[rule]]
+name = "slow-answer"
+events = ["before_send_msg"]
+sync = true
+timeout = "5s"
+command = ["sh", "-c", "echo run >> '{}'; sleep 1; echo '{{\"result\":1}}'"]
+"#,
+            runs.display()
+        ),
+    );
+    let daemon = Running::start(&config, dir.path(), &[]);
+    let body = to_body(&sign(event("before_send_msg", json!({"msg_body": "hi"}))));
+    let answer = "{\"result\":1}\n".to_string();
+    let url = format!("http://127.0.0.1:{port}/callback");
+    let copies: Vec<_> = (0..3)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            tokio::spawn(async move { post(&url, body).await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for c in copies {
+        replies.push(c.await.unwrap());
+    }
+    for r in &replies {
+        assert_eq!(r, &(200, answer.clone()), "{replies:?}");
+    }
+    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert_eq!(ran.lines().count(), 1, "the sync rule ran {ran:?}");
+    let log = daemon.log();
+    assert_eq!(log.matches("outcome=\"accepted\"").count(), 1, "{log}");
+    assert_eq!(log.matches("outcome=\"duplicate\"").count(), 2, "{log}");
+}
+
+#[tokio::test]
+async fn a_signature_is_single_use_whatever_comes_with_it() {
+    let d = Daemon::start(&format!(
+        r#"[verify]
+secrets = ["{SECRET}"]
+appids = ["1", "2"]
+[[rule]]
+name = "log"
+events = ["*"]
+command = ["sh", "-c", "cat >> {{dir}}/ran; echo >> {{dir}}/ran"]
+"#
+    ))
+    .await;
+    let first = sign(event("call_timeout", json!({"call_id": "c1"})));
+    assert_eq!(d.post(to_body(&first)).await.0, 200);
+    // ZEGO retrying the exact callback: a duplicate with the first reply.
+    assert_eq!(
+        d.post(to_body(&first)).await,
+        (200, r#"{"code":0}"#.to_string())
+    );
+
+    // The captured nonce, timestamp and signature with another allowed appid, event and body.
+    let mut other = first.clone();
+    other.insert("appid".into(), json!("2"));
+    other.insert("event".into(), json!("call_cancel"));
+    other.insert("call_id".into(), json!("forged"));
+    let (status, reply) = d.post(to_body(&other)).await;
+    assert_eq!(status, 401, "{reply}");
+    assert!(reply.contains("signature was already used"), "{reply}");
+
+    // Digits moved from the nonce to the timestamp (now read as milliseconds): the same signed
+    // text, so the same signature, refused too.
+    let ts = now_secs().to_string();
+    // Sorted as strings, the parts stay in the order timestamp, nonce, secret.
+    let tail = format!("9{:06}", rand::random_range(0..1_000_000u32));
+    let (nonce_a, ts_b) = (format!("535{tail}"), format!("{ts}535"));
+    let sig = zimhook::verify::signature(SECRET, &ts, &nonce_a);
+    assert_eq!(sig, zimhook::verify::signature(SECRET, &ts_b, &tail));
+    let mut a = event("call_timeout", json!({"call_id": "moved"}));
+    a.insert("nonce".into(), json!(nonce_a));
+    a.insert("timestamp".into(), serde_json::from_str(&ts).unwrap());
+    a.insert("signature".into(), json!(sig));
+    let mut b = a.clone();
+    b.insert("nonce".into(), json!(tail));
+    b.insert("timestamp".into(), serde_json::from_str(&ts_b).unwrap());
+    assert_eq!(d.post(to_body(&a)).await.0, 200);
+    let (status, reply) = d.post(to_body(&b)).await;
+    assert_eq!(status, 401, "{reply}");
+
+    let ran = d.path("ran");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&ran)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            == 2)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = std::fs::read_to_string(&ran).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(!text.contains("forged"), "{text}");
+    d.stop().await;
+}
