@@ -68,6 +68,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     queue_depth: Gauge,
     dead_letters: Gauge,
+    store_up: Gauge,
     config: Family<ConfigLabels, Gauge>,
 }
 
@@ -130,6 +131,12 @@ impl Metrics {
             "Deliveries in the dead-letter list",
             dead_letters.clone(),
         );
+        let store_up = Gauge::default();
+        registry.register(
+            "zimhook_store_up",
+            "1 while the store can write, 0 while it cannot (e.g. a full disk; /status says why)",
+            store_up.clone(),
+        );
         let config = Family::<ConfigLabels, Gauge>::default();
         registry.register(
             "zimhook_config_info",
@@ -153,6 +160,7 @@ impl Metrics {
             reloads,
             queue_depth,
             dead_letters,
+            store_up,
             config,
         }
     }
@@ -212,6 +220,8 @@ impl Metrics {
         if let Ok(dead) = app.queue.store().dead() {
             self.dead_letters.set(dead.len() as i64);
         }
+        self.store_up
+            .set(i64::from(app.queue.store().health().is_ok()));
         self.config.clear();
         self.config
             .get_or_create(&ConfigLabels {

@@ -119,9 +119,15 @@ async fn respond(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         return reply(handle::callback(app, &snapshot, body, deadline).await);
     }
     match (req.method(), path) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") if app.is_ready() => text(StatusCode::OK, "ready\n"),
-        (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+        (&Method::GET, "/readyz") => match (app.is_ready(), app.queue.store().health()) {
+            (true, Ok(())) => text(StatusCode::OK, "ready\n".into()),
+            (false, _) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+            (true, Err(e)) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: store failing: {e}\n"),
+            ),
+        },
         _ => reply(Reply::error(404, "not_found", "no such path")),
     }
 }
@@ -177,8 +183,8 @@ fn reply(r: Reply) -> Response<Full<Bytes>> {
     response
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -238,3 +238,204 @@ command = ["sh", "-c", "cat >> {{dir}}/ran; echo >> {{dir}}/ran"]
     assert!(!text.contains("forged"), "{text}");
     d.stop().await;
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts one at `dir`, or says why it cannot (not root, no `mount`).
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed (needs root): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l"])
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system holding `path` until a write fails.
+fn fill(path: &Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0xa5u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    // The last partial page too.
+    while f.write_all(&chunk[..512]).is_ok() {}
+    let _ = f.sync_all();
+}
+
+/// `GET path` over the admin unix socket; the whole response as text.
+fn admin_get(socket: &Path, path: &str) -> String {
+    use std::io::Read;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+async fn get(port: u16, path: &str) -> (u16, String) {
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_reported_and_recovered_from_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = match Tmpfs::mount(&dir.path().join("disk"), "3m") {
+        Ok(d) => d,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    let target = Target::start(&[200]).await;
+    let port = free_port();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:{port}"
+[admin]
+listen = "unix:admin.sock"
+{}[store]
+path = "disk/store.redb"
+[[rule]]
+name = "fwd"
+events = ["call_timeout"]
+retry = {{ attempts = 1000, backoff = "50ms", max_backoff = "200ms" }}
+forward = "{}"
+"#,
+            verify_section(),
+            target.url("/in")
+        ),
+    )
+    .unwrap();
+    let daemon = Running::start(&config, dir.path(), &[]);
+    let url = format!("http://127.0.0.1:{port}/callback");
+    let mut acked = BTreeSet::new();
+    let mut n = 0;
+    let mut send = async |acked: &mut BTreeSet<String>| {
+        n += 1;
+        let id = format!("c{n}");
+        let body = sign(event(
+            "call_timeout",
+            json!({"call_id": id, "user_ids": ["a"]}),
+        ));
+        let (status, reply) = post(&url, to_body(&body)).await;
+        if status == 200 {
+            acked.insert(id);
+        }
+        (status, reply)
+    };
+    for _ in 0..5 {
+        assert_eq!(send(&mut acked).await.0, 200);
+    }
+
+    fill(&disk.0.join("filler"));
+    // Writes fail from here on: the next callbacks get 503 (some may still fit).
+    let mut refused = None;
+    for _ in 0..200 {
+        let (status, reply) = send(&mut acked).await;
+        if status == 503 {
+            refused = Some(reply);
+            break;
+        }
+    }
+    let refused = refused.expect("a callback is refused while the disk is full");
+    assert!(refused.contains("store"), "{refused}");
+    let (status, ready) = get(port, "/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("store failing"), "{ready}");
+    let socket = dir.path().join("admin.sock");
+    let metrics = admin_get(&socket, "/metrics");
+    assert!(metrics.contains("zimhook_store_up 0"), "{metrics}");
+    let status_json = admin_get(&socket, "/status");
+    assert!(status_json.contains("\"store_error\":\""), "{status_json}");
+    assert_eq!(get(port, "/healthz").await.0, 200);
+
+    // Space again: the store reopens by itself.
+    std::fs::remove_file(disk.0.join("filler")).unwrap();
+    let freed = Instant::now();
+    let mut ready = false;
+    while freed.elapsed() < Duration::from_secs(10) {
+        if get(port, "/readyz").await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "store did not recover:\n{}", daemon.log());
+    println!(
+        "disk full: ready again {:.2}s after space was freed",
+        freed.elapsed().as_secs_f64()
+    );
+    for _ in 0..5 {
+        assert_eq!(send(&mut acked).await.0, 200);
+    }
+    assert!(admin_get(&socket, "/metrics").contains("zimhook_store_up 1"));
+
+    // Nothing acknowledged is lost.
+    let all_arrived = wait_until(Duration::from_secs(15), || {
+        let got = received_ids(&target);
+        acked.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    let got = received_ids(&target);
+    let lost: Vec<_> = acked.iter().filter(|id| !got.contains_key(*id)).collect();
+    assert!(
+        all_arrived,
+        "acked but not delivered: {lost:?}\n{}",
+        daemon.log()
+    );
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_delivery_does_not_run_again_after_sigkill_on_a_quiet_daemon() {
+    let target = Target::start(&[200]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        dir.path(),
+        port,
+        &format!(
+            "[[rule]]\nname = \"fwd\"\nevents = [\"call_timeout\"]\nforward = \"{}\"\n",
+            target.url("/in")
+        ),
+    );
+    let mut daemon = Running::start(&config, dir.path(), &[]);
+    let body = sign(event("call_timeout", json!({"call_id": "once"})));
+    let url = format!("http://127.0.0.1:{port}/callback");
+    assert_eq!(post(&url, to_body(&body)).await.0, 200);
+    assert!(wait_until(Duration::from_secs(10), || target.count() == 1).await);
+    // No other callback arrives to carry the completion to disk; it must get there by itself.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let daemon = Running::start(&config, dir.path(), &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(target.count(), 1, "the completed delivery ran again");
+    drop(daemon);
+}

@@ -197,6 +197,7 @@ fn status(app: &Arc<App>) -> Response<Full<Bytes>> {
         "config_hash": s.hash,
         "rules": s.rules.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
         "pending": app.queue.pending_len(),
+        "store_error": app.queue.store().health().err(),
         "dead": dead,
         "reloads_ok": app.reloads_ok.load(Ordering::Relaxed),
         "reloads_failed": app.reloads_failed.load(Ordering::Relaxed),
