@@ -151,7 +151,7 @@ pub async fn callback(app: &App, snapshot: &Arc<Snapshot>, raw: Bytes, deadline:
         reply: answer.clone(),
         expires_ms: deliver::now_ms() + snapshot.verify.replay_window().as_millis() as u64,
     });
-    let reply = match app.queue.accept(replay, deliveries, claim).await {
+    let reply = match app.queue.accept(snapshot, replay, deliveries, claim).await {
         Ok(Accepted::New) => Reply::ok(answer, "accepted"),
         Ok(Accepted::Existing(seen)) => seen_reply(&seen, &body_hash),
         Err(e @ AcceptError::Full(_)) => Reply::error(503, "overloaded", &e.to_string()),

@@ -69,6 +69,7 @@ pub struct Metrics {
     queue_depth: Gauge,
     dead_letters: Gauge,
     store_up: Gauge,
+    orphaned: Gauge,
     config: Family<ConfigLabels, Gauge>,
 }
 
@@ -137,6 +138,12 @@ impl Metrics {
             "1 while the store can write, 0 while it cannot (e.g. a full disk; /status says why)",
             store_up.clone(),
         );
+        let orphaned = Gauge::default();
+        registry.register(
+            "zimhook_orphaned_deliveries",
+            "Pending deliveries held because no rule of their name is live",
+            orphaned.clone(),
+        );
         let config = Family::<ConfigLabels, Gauge>::default();
         registry.register(
             "zimhook_config_info",
@@ -161,6 +168,7 @@ impl Metrics {
             queue_depth,
             dead_letters,
             store_up,
+            orphaned,
             config,
         }
     }
@@ -217,6 +225,7 @@ impl Metrics {
     /// does), else the classic Prometheus text format (curl, promtool).
     pub fn render(&self, app: &Arc<App>, openmetrics: bool) -> String {
         self.queue_depth.set(app.queue.pending_len() as i64);
+        self.orphaned.set(app.queue.orphaned_len() as i64);
         if let Ok(dead) = app.queue.store().dead() {
             self.dead_letters.set(dead.len() as i64);
         }

@@ -439,3 +439,66 @@ async fn a_completed_delivery_does_not_run_again_after_sigkill_on_a_quiet_daemon
     assert_eq!(target.count(), 1, "the completed delivery ran again");
     drop(daemon);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_blocked_order_by_deliveries_do_not_starve_another_rule() {
+    const BLOCKED: usize = 10_000;
+    let failing = Target::start(&[500]).await;
+    let other = Target::start(&[200]).await;
+    let d = Daemon::start(&format!(
+        r#"{}
+[[rule]]
+name = "ordered"
+events = ["call_timeout"]
+order_by = "{{{{ call_id }}}}"
+retry = {{ attempts = 1000, backoff = "30s", max_backoff = "30s" }}
+forward = "{}"
+
+[[rule]]
+name = "other"
+events = ["call_cancel"]
+forward = "{}"
+"#,
+        verify_section(),
+        failing.url("/fail"),
+        other.url("/other")
+    ))
+    .await;
+    // One key, 10,000 deliveries behind a first one that keeps failing.
+    let snapshot = d.app.snapshot();
+    let cb = zimhook::receive::Callback::decode(bytes::Bytes::from(to_body(&event(
+        "call_timeout",
+        json!({"call_id": "stuck"}),
+    ))))
+    .unwrap();
+    let rule = snapshot.rule("ordered").unwrap().clone();
+    let mut all = Vec::with_capacity(BLOCKED);
+    for _ in 0..BLOCKED {
+        all.extend(zimhook::deliver::deliveries_for(
+            &snapshot,
+            &cb,
+            std::slice::from_ref(&rule),
+            0,
+        ));
+    }
+    d.app
+        .queue
+        .accept(&snapshot, None, all, None)
+        .await
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || failing.count() >= 1).await);
+
+    let sent = Instant::now();
+    let body = sign(event("call_cancel", json!({"call_id": "free"})));
+    assert_eq!(d.post(to_body(&body)).await.0, 200);
+    let arrived = wait_until(Duration::from_secs(5), || other.count() == 1).await;
+    let waited = sent.elapsed();
+    println!(
+        "order_by starvation: the unrelated rule ran {:.1} ms after its callback, {BLOCKED} deliveries blocked",
+        waited.as_secs_f64() * 1000.0
+    );
+    assert!(arrived, "the unrelated rule never ran");
+    assert!(waited < Duration::from_secs(1), "waited {waited:?}");
+    assert_eq!(failing.count(), 1, "only the first of the chain ran");
+    d.stop().await;
+}
