@@ -169,6 +169,9 @@ command = ["sh", "-c", "echo run >> '{}'; sleep 1; echo '{{\"result\":1}}'"]
     }
     let ran = std::fs::read_to_string(&runs).unwrap_or_default();
     assert_eq!(ran.lines().count(), 1, "the sync rule ran {ran:?}");
+    // The daemon's log is read by a thread of its own: wait for the third line.
+    let lines = || daemon.log().matches(" callback ").count();
+    assert!(wait_until(Duration::from_secs(5), || lines() >= 3).await);
     let log = daemon.log();
     assert_eq!(log.matches("outcome=\"accepted\"").count(), 1, "{log}");
     assert_eq!(log.matches("outcome=\"duplicate\"").count(), 2, "{log}");
