@@ -64,11 +64,11 @@ pub fn check(path: &Path) -> i32 {
     }
 }
 
-/// The admin endpoint named by the config, or the exit code to stop with.
-pub fn admin_listen(path: &Path) -> Result<config::AdminListen, i32> {
+/// The admin endpoint (and its token) named by the config, or the exit code to stop with.
+pub fn admin_settings(path: &Path) -> Result<config::AdminSettings, i32> {
     match config::load(path) {
         Ok(s) => match s.admin {
-            Some(a) => Ok(a.listen),
+            Some(a) => Ok(a),
             None => {
                 eprintln!(
                     "{}: no [admin] table: set admin.listen (e.g. \"unix:data/zimhook.sock\") to manage deliveries",

@@ -142,8 +142,8 @@ fn main() -> ExitCode {
                 DeliveriesCommand::Drop { id } => admin::client::Command::Drop { id },
                 DeliveriesCommand::Move { rule, to } => admin::client::Command::Move { rule, to },
             };
-            match cli::admin_listen(&path) {
-                Ok(listen) => match admin::client::run(&listen, command, json).await {
+            match cli::admin_settings(&path) {
+                Ok(settings) => match admin::client::run(&settings, command, json).await {
                     Ok(code) => code,
                     Err(e) => {
                         eprintln!("zimhook deliveries: {e:#}");

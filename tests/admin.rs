@@ -193,6 +193,7 @@ listen = "127.0.0.1:{port}"
 max_body = 1000
 [admin]
 listen = "127.0.0.1:{admin_port}"
+token = "metrics-token"
 [verify]
 secrets = ["{SECRET}"]
 [store]
@@ -214,6 +215,7 @@ command = ["false"]
     let metrics = || async {
         client()
             .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+            .bearer_auth("metrics-token")
             .send()
             .await
             .unwrap()

@@ -1,5 +1,6 @@
 //! `zimhook deliveries ...`: talks to a running daemon's admin endpoint and prints a table (or
-//! JSON with `--json`).
+//! JSON with `--json`). On a TCP endpoint it sends `admin.token` from the same config as the
+//! bearer token.
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -9,15 +10,15 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::config::AdminListen;
+use crate::config::{AdminListen, AdminSettings, Secret};
 
 /// One request to the admin endpoint; the reply parsed as JSON.
 pub async fn request(
-    listen: &AdminListen,
+    admin: &AdminSettings,
     method: Method,
     path: &str,
 ) -> anyhow::Result<(StatusCode, Value)> {
-    match listen {
+    match &admin.listen {
         AdminListen::Unix(p) => {
             let stream = tokio::net::UnixStream::connect(p).await.with_context(|| {
                 format!(
@@ -25,7 +26,7 @@ pub async fn request(
                     p.display()
                 )
             })?;
-            send(stream, method, path).await
+            send(stream, method, path, None).await
         }
         AdminListen::Tcp(addr) => {
             let stream = tokio::net::TcpStream::connect(addr)
@@ -33,7 +34,7 @@ pub async fn request(
                 .with_context(|| {
                     format!("cannot connect to the admin endpoint {addr} (is zimhook running?)")
                 })?;
-            send(stream, method, path).await
+            send(stream, method, path, admin.token.as_ref()).await
         }
     }
 }
@@ -42,14 +43,21 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     method: Method,
     path: &str,
+    token: Option<&Secret>,
 ) -> anyhow::Result<(StatusCode, Value)> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "zimhook")
-        .body(Empty::<Bytes>::new())?;
+        .header("host", "zimhook");
+    if let Some(token) = token {
+        let mut value = hyper::header::HeaderValue::try_from(format!("Bearer {}", token.expose()))
+            .context("admin.token cannot be sent in an HTTP header")?;
+        value.set_sensitive(true);
+        req = req.header(hyper::header::AUTHORIZATION, value);
+    }
+    let req = req.body(Empty::<Bytes>::new())?;
     let res = sender.send_request(req).await?;
     let status = res.status();
     let body = res.into_body().collect().await?.to_bytes();
@@ -80,7 +88,7 @@ pub enum Command {
 }
 
 /// Runs a `deliveries` command; prints the result; returns the exit code.
-pub async fn run(listen: &AdminListen, command: Command, json: bool) -> anyhow::Result<i32> {
+pub async fn run(admin: &AdminSettings, command: Command, json: bool) -> anyhow::Result<i32> {
     let (method, path) = match &command {
         Command::List { state } => (Method::GET, format!("/deliveries?state={state}")),
         Command::Show { id } => (Method::GET, format!("/deliveries/{id}")),
@@ -95,7 +103,12 @@ pub async fn run(listen: &AdminListen, command: Command, json: bool) -> anyhow::
             (Method::POST, format!("/deliveries/move?{query}"))
         }
     };
-    let (status, value) = request(listen, method, &path).await?;
+    let (status, value) = request(admin, method, &path).await?;
+    if status == StatusCode::UNAUTHORIZED {
+        bail!(
+            "the admin endpoint refused the request (401): admin.token in this config is not the running daemon's"
+        );
+    }
     if !status.is_success() {
         let msg = value
             .get("error")

@@ -1,6 +1,13 @@
-//! The admin endpoint, on its own listener (a unix socket by default: its file permissions are
-//! the access control; or a TCP address): status, metrics, and the delivery admin API that
+//! The admin endpoint, on its own listener: status, metrics, and the delivery admin API that
 //! `zimhook deliveries` uses. The callback path is not this module's business.
+//!
+//! Access control: on a unix socket, its file mode (0600: the daemon's user only); `admin.token`
+//! is not checked there. On a TCP address, which any local process and any browser page (by DNS
+//! rebinding: the `Host` header proves nothing) can reach, `admin.token` is required and every
+//! request must carry `Authorization: Bearer <token>`, compared in constant time; anything else
+//! gets 401 with `WWW-Authenticate: Bearer`. `GET /healthz` alone stays open there: it answers
+//! "ok" and nothing else, changes nothing, and lets a probe check the listener without holding
+//! the token. The token is read from the live config, so a reload rotates it.
 //!
 //! | method and path | does |
 //! |---|---|
@@ -17,25 +24,28 @@
 pub mod client;
 
 use std::convert::Infallible;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::app::App;
 use crate::config::AdminListen;
 use crate::deliver::{Delivery, MoveError};
 
-/// Binds the admin listener. A unix socket left by an earlier run is replaced; the new one is
-/// readable and writable by the daemon's user only.
+/// Binds the admin listener. A unix socket left by an earlier run is replaced (nothing else at
+/// that path is); the new one is readable and writable by the daemon's user only.
 pub async fn bind(listen: &AdminListen) -> anyhow::Result<Listener> {
     match listen {
         AdminListen::Tcp(addr) => Ok(Listener::Tcp(
@@ -49,11 +59,7 @@ pub async fn bind(listen: &AdminListen) -> anyhow::Result<Listener> {
             {
                 std::fs::create_dir_all(dir)?;
             }
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => anyhow::bail!("cannot replace admin socket {}: {e}", path.display()),
-            }
+            remove_stale_socket(path)?;
             let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
                 anyhow::anyhow!("cannot listen on admin socket {}: {e}", path.display())
             })?;
@@ -62,6 +68,32 @@ pub async fn bind(listen: &AdminListen) -> anyhow::Result<Listener> {
             Ok(Listener::Unix(listener))
         }
     }
+}
+
+/// Removes the socket an earlier run left at `path`. Anything else there is refused, never
+/// deleted: a regular file (a typo in `admin.listen`), a folder, a symlink, or a socket some
+/// process still serves on (another zimhook with the same config).
+fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("cannot inspect admin socket path {}: {e}", path.display()),
+    };
+    if !meta.file_type().is_socket() {
+        anyhow::bail!(
+            "admin.listen {}: exists and is not a socket; refusing to replace it (fix admin.listen, or remove the file yourself)",
+            path.display()
+        );
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!(
+            "admin.listen {}: the socket is in use by a running process (another zimhook?); refusing to replace it",
+            path.display()
+        );
+    }
+    std::fs::remove_file(path)
+        .map_err(|e| anyhow::anyhow!("cannot replace admin socket {}: {e}", path.display()))
 }
 
 pub enum Listener {
@@ -74,11 +106,11 @@ pub async fn serve(listener: Listener, app: Arc<App>) {
     loop {
         match &listener {
             Listener::Tcp(l) => match l.accept().await {
-                Ok((s, _)) => spawn_conn(s, app.clone()),
+                Ok((s, _)) => spawn_conn(s, app.clone(), Access::Token),
                 Err(e) => accept_failed(e).await,
             },
             Listener::Unix(l) => match l.accept().await {
-                Ok((s, _)) => spawn_conn(s, app.clone()),
+                Ok((s, _)) => spawn_conn(s, app.clone(), Access::FileMode),
                 Err(e) => accept_failed(e).await,
             },
         }
@@ -90,11 +122,30 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
 
-fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, app: Arc<App>) {
+/// How a connection's requests are admitted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// A unix socket: whoever could connect passed its file mode.
+    FileMode,
+    /// TCP: each request must carry the bearer token.
+    Token,
+}
+
+fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    app: Arc<App>,
+    access: Access,
+) {
     tokio::spawn(async move {
-        let service = service_fn(move |req| {
+        let service = service_fn(move |req: Request<Incoming>| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(respond(&app, req).await) }
+            async move {
+                let open = req.method() == Method::GET && req.uri().path() == "/healthz";
+                if access == Access::Token && !open && !authorized(&app, &req) {
+                    return Ok::<_, Infallible>(unauthorized());
+                }
+                Ok(respond(&app, req).await)
+            }
         });
         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
             .serve_connection(TokioIo::new(stream), service)
@@ -215,6 +266,42 @@ async fn respond(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>
         },
         _ => error(StatusCode::NOT_FOUND, "no such admin path"),
     }
+}
+
+/// Whether `req` carries `Authorization: Bearer <admin.token>` of the live config. The scheme is
+/// case-insensitive (RFC 7235); the token is compared in constant time, as SHA-256 digests so
+/// that not even its length shows in the timing.
+fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+    let snapshot = app.snapshot();
+    let Some(token) = snapshot.admin.as_ref().and_then(|a| a.token.as_ref()) else {
+        // Config validation refuses a TCP admin without a token; refuse all the same.
+        return false;
+    };
+    let Some(given) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+    else {
+        return false;
+    };
+    let expected = Sha256::digest(token.expose().as_bytes());
+    let given = Sha256::digest(given.as_bytes());
+    bool::from(expected.as_slice().ct_eq(given.as_slice()))
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "admin.token required: send Authorization: Bearer <token>",
+    );
+    r.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"zimhook admin\""),
+    );
+    r
 }
 
 fn status(app: &Arc<App>) -> Response<Full<Bytes>> {

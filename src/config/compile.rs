@@ -11,7 +11,7 @@ use bytes::Bytes;
 use globset::{Glob, GlobSetBuilder};
 use toml::Spanned;
 
-use super::raw::{RawAppId, RawConfig, RawRetry, RawRule};
+use super::raw::{RawAdmin, RawAppId, RawConfig, RawRetry, RawRule};
 use super::units::{parse_duration, parse_size, resolve_secret};
 use super::*;
 use crate::events;
@@ -108,21 +108,7 @@ pub(super) fn compile(file: &Path, text: &str, hash: String) -> Result<Snapshot,
     };
 
     let server = server_settings(&mut c, &raw);
-    let admin = raw.admin.as_ref().and_then(|a| {
-        let listen = a.get_ref().listen.get_ref();
-        let parsed = if let Some(path) = listen.strip_prefix("unix:") {
-            Some(AdminListen::Unix(c.path(path)))
-        } else if listen.parse::<SocketAddr>().is_ok() {
-            Some(AdminListen::Tcp(listen.clone()))
-        } else {
-            c.error(
-                a.get_ref().listen.span(),
-                format!("admin.listen {listen:?}: expected \"unix:PATH\" or IP:PORT"),
-            );
-            None
-        };
-        parsed.map(|listen| AdminSettings { listen })
-    });
+    let admin = raw.admin.as_ref().and_then(|a| admin_settings(&mut c, a.get_ref()));
     let verify = verify_settings(&mut c, &raw);
     let store = StoreSettings {
         kind: store_kind(&mut c, &raw),
@@ -291,6 +277,49 @@ fn server_settings(c: &mut Checker, raw: &RawConfig) -> ServerSettings {
             .max(1) as usize,
         shutdown_grace: c.duration(&s.shutdown_grace, DEFAULT_SHUTDOWN_GRACE),
     }
+}
+
+fn admin_settings(c: &mut Checker, a: &RawAdmin) -> Option<AdminSettings> {
+    let listen_text = a.listen.get_ref();
+    let listen = if let Some(path) = listen_text.strip_prefix("unix:") {
+        AdminListen::Unix(c.path(path))
+    } else if listen_text.parse::<SocketAddr>().is_ok() {
+        AdminListen::Tcp(listen_text.clone())
+    } else {
+        c.error(
+            a.listen.span(),
+            format!("admin.listen {listen_text:?}: expected \"unix:PATH\" or IP:PORT"),
+        );
+        return None;
+    };
+    let token = a
+        .token
+        .as_ref()
+        .and_then(|t| match resolve_secret(t.get_ref(), &c.base) {
+            Ok(secret) => Some(secret),
+            Err(e) => {
+                c.error(t.span(), format!("admin.token: {e}"));
+                None
+            }
+        });
+    match (&listen, &a.token) {
+        // Anything that reaches a TCP port, a browser page included (DNS rebinding), could
+        // otherwise drop and retry deliveries.
+        (AdminListen::Tcp(addr), None) => c.error(
+            a.listen.span(),
+            format!(
+                "admin.listen {addr:?} is a TCP address: set admin.token (e.g. \"env:ZIMHOOK_ADMIN_TOKEN\"), \
+                 which every admin request must then send as `Authorization: Bearer <token>`; \
+                 or listen on \"unix:PATH\", whose file mode is the access control"
+            ),
+        ),
+        (AdminListen::Unix(_), Some(t)) => c.warn(
+            t.span(),
+            "admin.token is not checked on a unix socket: its file mode (0600) is the access control",
+        ),
+        _ => {}
+    }
+    Some(AdminSettings { listen, token })
 }
 
 fn store_kind(c: &mut Checker, raw: &RawConfig) -> StoreKind {
@@ -771,5 +800,27 @@ command = ["true"]
         let when = s.rules[1].when.as_ref().unwrap();
         assert!(s.templates.is_true(when, &ctx).unwrap());
         assert_ne!(a.env[0].1, *when);
+    }
+
+    #[test]
+    fn blank_secrets_are_errors_with_their_position() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("blank"), "  \n").unwrap();
+        let path = dir.path().join("config.toml");
+        for (spec, col) in [
+            ("\"   \"", 12),
+            ("\"\"", 12),
+            ("\"file:blank\"", 12),
+        ] {
+            let text = format!("[verify]\nsecrets = [{spec}]\n");
+            let err = load_str(&path, &text).unwrap_err();
+            let d = &err.errors[0];
+            assert_eq!((d.line, d.col), (2, col), "{spec}: {err}");
+            assert!(d.message.starts_with("verify.secrets:"), "{err}");
+        }
+        // A good secret next to a blank one does not hide it.
+        let text = "[verify]\nsecrets = [\"good\", \" \"]\n";
+        let err = load_str(&path, text).unwrap_err();
+        assert_eq!((err.errors[0].line, err.errors[0].col), (2, 20), "{err}");
     }
 }

@@ -121,6 +121,10 @@ pub struct ServerSettings {
 #[derive(Debug, Clone)]
 pub struct AdminSettings {
     pub listen: AdminListen,
+    /// `admin.token`: required on a TCP listener (every request there must carry
+    /// `Authorization: Bearer <token>`); not checked on a unix socket, whose file mode is the
+    /// access control.
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]

@@ -43,6 +43,8 @@ pub struct RawServer {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Spanned<String>,
+    /// A secret source, like `verify.secrets` entries.
+    pub token: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

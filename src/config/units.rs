@@ -65,8 +65,16 @@ pub fn resolve_secret(spec: &str, base: &Path) -> Result<Secret, String> {
     } else {
         spec.to_string()
     };
-    if value.is_empty() {
-        return Err(format!("secret {spec:?} is empty"));
+    // A blank secret is a mistake (an empty file, a variable set to ""), never a key: an HMAC
+    // key or a bearer token of spaces is one anybody can guess.
+    if value.trim().is_empty() {
+        let what = if value.is_empty() { "empty" } else { "blank" };
+        return Err(match spec.split_once(':') {
+            Some((kind @ ("env" | "file" | "cred"), _)) => {
+                format!("secret {spec:?} is {what} (the {kind} source resolves to no text)")
+            }
+            _ => format!("secret is {what}"),
+        });
     }
     Ok(Secret(value))
 }
@@ -103,6 +111,12 @@ mod tests {
         );
         assert_eq!(resolve_secret("lit", dir.path()).unwrap().expose(), "lit");
         assert!(resolve_secret("env:ZIMHOOK_TEST_SURELY_UNSET", dir.path()).is_err());
+        // Blank is never a secret, whatever its source.
+        std::fs::write(dir.path().join("blank"), " \t\n").unwrap();
+        for spec in ["", "   ", "file:blank"] {
+            let err = resolve_secret(spec, dir.path()).unwrap_err();
+            assert!(err.contains("empty") || err.contains("blank"), "{spec:?}: {err}");
+        }
         assert_eq!(format!("{:?}", Secret::new("x")), "Secret(***)");
     }
 }
