@@ -90,8 +90,21 @@ pub async fn callback(app: &App, snapshot: &Arc<Snapshot>, raw: Bytes, deadline:
         }
     };
 
-    if let Some(key) = &key {
-        match app.queue.check_replay(&key.encode()) {
+    // Claim the callback before anything runs: a copy arriving meanwhile (ZEGO retrying while
+    // the first is still handled) waits here for the first one's reply.
+    let replay_key = key.as_ref().map(|k| k.encode());
+    let claim = match &replay_key {
+        Some(k) => match claim(app, k, deadline).await {
+            Ok(c) => Some(c),
+            Err(reply) => {
+                log(&reply, &[], None);
+                return reply;
+            }
+        },
+        None => None,
+    };
+    if let Some(k) = &replay_key {
+        match app.queue.check_replay(k) {
             Ok(Some(seen)) => {
                 let reply = seen_reply(&seen, &body_hash);
                 log(&reply, &[], None);
@@ -99,7 +112,7 @@ pub async fn callback(app: &App, snapshot: &Arc<Snapshot>, raw: Bytes, deadline:
             }
             Ok(None) => {}
             Err(e) => {
-                let reply = Reply::error(503, "overloaded", &e.to_string());
+                let reply = Reply::error(503, "store_failing", &e.to_string());
                 log(&reply, &[], Some(&e.to_string()));
                 return reply;
             }
@@ -132,27 +145,49 @@ pub async fn callback(app: &App, snapshot: &Arc<Snapshot>, raw: Bytes, deadline:
         }
     }
 
-    let replay = key.map(|k| ReplayEntry {
-        key: k.encode(),
+    let replay = replay_key.map(|key| ReplayEntry {
+        key,
         body_hash,
         reply: answer.clone(),
         expires_ms: deliver::now_ms() + snapshot.verify.replay_window().as_millis() as u64,
     });
-    let reply = match app.queue.accept(replay, deliveries).await {
+    let reply = match app.queue.accept(snapshot, replay, deliveries, claim).await {
         Ok(Accepted::New) => Reply::ok(answer, "accepted"),
         Ok(Accepted::Existing(seen)) => seen_reply(&seen, &body_hash),
         Err(e @ AcceptError::Full(_)) => Reply::error(503, "overloaded", &e.to_string()),
         Err(e @ AcceptError::Store(_)) => {
             tracing::error!(error = %e, "store failed; callback refused with 503");
-            Reply::error(503, "overloaded", &e.to_string())
+            Reply::error(503, "store_failing", &e.to_string())
         }
     };
     log(&reply, &rule_names, None);
     reply
 }
 
-/// A callback whose (appid, nonce, timestamp) was seen before: the same body is a duplicate
-/// (answered as the first time, nothing runs again); another body is a replay.
+/// Claims the callback's replay key, waiting (within the request's deadline) while another copy
+/// of it is being handled.
+async fn claim(app: &App, key: &[u8], deadline: Instant) -> Result<deliver::Claim, Reply> {
+    loop {
+        match app.queue.claims().try_claim(key.to_vec()) {
+            Ok(claim) => return Ok(claim),
+            Err(mut released) => {
+                if tokio::time::timeout_at(deadline.into(), released.changed())
+                    .await
+                    .is_err()
+                {
+                    return Err(Reply::error(
+                        503,
+                        "in_flight",
+                        "a copy of this callback is still being handled; retry later",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// A callback whose signature was seen before: the same body is a duplicate (answered as the
+/// first time, nothing runs again); another body is a replay.
 fn seen_reply(seen: &deliver::Seen, body_hash: &[u8; 32]) -> Reply {
     if &seen.body_hash == body_hash {
         Reply::ok(seen.reply.clone(), "duplicate")
@@ -160,7 +195,7 @@ fn seen_reply(seen: &deliver::Seen, body_hash: &[u8; 32]) -> Reply {
         Reply::error(
             401,
             "replayed",
-            "nonce and timestamp were already used with another body",
+            "this signature was already used with another body",
         )
     }
 }

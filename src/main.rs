@@ -73,10 +73,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DeliveriesCommand {
-    /// Pending deliveries (or dead letters with --dead), oldest first
+    /// Pending deliveries (or dead letters with --dead, orphaned ones with --orphaned), oldest first
     List {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "orphaned")]
         dead: bool,
+        /// Only pending deliveries whose rule is in no live config
+        #[arg(long)]
+        orphaned: bool,
     },
     /// One delivery with its body and attempt history
     Show { id: String },
@@ -89,6 +92,13 @@ enum DeliveriesCommand {
     },
     /// Drop a pending delivery or a dead letter
     Drop { id: String },
+    /// Re-target the pending deliveries of rule OLD (e.g. orphaned by a rename) to rule NEW
+    Move {
+        #[arg(long, value_name = "OLD")]
+        rule: String,
+        #[arg(long, value_name = "NEW")]
+        to: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -120,10 +130,17 @@ fn main() -> ExitCode {
         }),
         Command::Deliveries { command, json } => runtime().block_on(async {
             let command = match command {
-                DeliveriesCommand::List { dead } => admin::client::Command::List { dead },
+                DeliveriesCommand::List { dead, orphaned } => admin::client::Command::List {
+                    state: match (dead, orphaned) {
+                        (true, _) => "dead",
+                        (_, true) => "orphaned",
+                        _ => "pending",
+                    },
+                },
                 DeliveriesCommand::Show { id } => admin::client::Command::Show { id },
                 DeliveriesCommand::Retry { id, .. } => admin::client::Command::Retry { id },
                 DeliveriesCommand::Drop { id } => admin::client::Command::Drop { id },
+                DeliveriesCommand::Move { rule, to } => admin::client::Command::Move { rule, to },
             };
             match cli::admin_settings(&path) {
                 Ok(settings) => match admin::client::run(&settings, command, json).await {

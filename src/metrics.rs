@@ -68,6 +68,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     queue_depth: Gauge,
     dead_letters: Gauge,
+    store_up: Gauge,
+    orphaned: Gauge,
     config: Family<ConfigLabels, Gauge>,
 }
 
@@ -130,6 +132,18 @@ impl Metrics {
             "Deliveries in the dead-letter list",
             dead_letters.clone(),
         );
+        let store_up = Gauge::default();
+        registry.register(
+            "zimhook_store_up",
+            "1 while the store can write, 0 while it cannot (e.g. a full disk; /status says why)",
+            store_up.clone(),
+        );
+        let orphaned = Gauge::default();
+        registry.register(
+            "zimhook_orphaned_deliveries",
+            "Pending deliveries held because no rule of their name is live",
+            orphaned.clone(),
+        );
         let config = Family::<ConfigLabels, Gauge>::default();
         registry.register(
             "zimhook_config_info",
@@ -153,6 +167,8 @@ impl Metrics {
             reloads,
             queue_depth,
             dead_letters,
+            store_up,
+            orphaned,
             config,
         }
     }
@@ -209,9 +225,12 @@ impl Metrics {
     /// does), else the classic Prometheus text format (curl, promtool).
     pub fn render(&self, app: &Arc<App>, openmetrics: bool) -> String {
         self.queue_depth.set(app.queue.pending_len() as i64);
+        self.orphaned.set(app.queue.orphaned_len() as i64);
         if let Ok(dead) = app.queue.store().dead() {
             self.dead_letters.set(dead.len() as i64);
         }
+        self.store_up
+            .set(i64::from(app.queue.store().health().is_ok()));
         self.config.clear();
         self.config
             .get_or_create(&ConfigLabels {

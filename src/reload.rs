@@ -58,6 +58,19 @@ pub async fn reload(app: &Arc<App>, path: &Path) -> Result<Arc<Snapshot>, String
     }
     let new = Arc::new(new);
     app.live.store(new.clone());
+    for old in &current.rules {
+        if new.rule(&old.name).is_none() {
+            let pending = app.queue.pending_for_rule(&old.name);
+            if pending > 0 {
+                tracing::warn!(
+                    rule = %old.name,
+                    pending,
+                    "rule removed with pending deliveries: those accepted since the start run with the removed rule; those found in the store at start are held as orphaned until a rule of that name returns (or `zimhook deliveries move --rule OLD --to NEW`)"
+                );
+            }
+        }
+    }
+    app.queue.wake();
     Ok(new)
 }
 

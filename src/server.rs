@@ -1,10 +1,11 @@
 //! The listener: HTTP/1.1 and HTTP/2 connections (hyper), a cap on concurrent connections, a
-//! header-read timeout and a whole-request deadline against slow clients, the body size cap,
-//! and a bounded graceful drain on shutdown. What a callback means is [`crate::handle`]'s.
+//! header-read timeout and a whole-request deadline against slow clients, an idle timeout for
+//! connections of either protocol, the body size cap, and a bounded graceful drain on shutdown.
+//! What a callback means is [`crate::handle`]'s.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,12 +16,21 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::handle::{self, Reply};
+
+/// HTTP/2 keep-alive: a ping after this long without a frame from the peer...
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// ...and the connection is closed if the ping is not answered within this.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a graceful close is asked for (idle or shutdown), how long a connection may take to
+/// finish the protocol's goodbye (an HTTP/2 GOAWAY waits for the peer to answer a ping) once
+/// no request is in flight. Past it the connection is dropped: a silent peer never answers.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves until `shutdown` resolves, then stops accepting and gives connections in flight the
 /// configured grace period to finish.
@@ -31,13 +41,17 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let settings = app.snapshot().server.clone();
     let connections = Arc::new(Semaphore::new(settings.max_connections));
-    let graceful = GracefulShutdown::new();
+    let stop = CancellationToken::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     tokio::pin!(shutdown);
     loop {
         // At the connection cap, stop accepting: the kernel's backlog holds the rest.
@@ -59,14 +73,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let header_timeout = settings.header_timeout;
+        // Read per connection, so that a reload applies to the connections that follow.
+        let idle_timeout = app.snapshot().server.idle_timeout;
         let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(respond(&app, req).await) }
-        });
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let stop = stop.clone();
         tokio::spawn(async move {
+            // The connection's slot: released when this task ends, whichever way it ends.
+            let _slot = permit;
             // The protocol sniffing that picks HTTP/1.1 or HTTP/2 waits for the first bytes
             // with no timeout of its own: a client that sends nothing is dropped here.
             let mut first = [0u8; 1];
@@ -76,24 +90,106 @@ pub async fn serve(
             ) {
                 return;
             }
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = watcher.watch(conn);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let activity = Arc::new(Activity::new());
+            let service = {
+                let activity = activity.clone();
+                service_fn(move |req| {
+                    let app = app.clone();
+                    let busy = activity.begin();
+                    async move {
+                        let response = respond(&app, req).await;
+                        drop(busy);
+                        Ok::<_, Infallible>(response)
+                    }
+                })
+            };
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                ended = conn.as_mut() => return log_end(ended),
+                _ = activity.quiet_for(idle_timeout, Instant::now()) => {
+                    tracing::debug!(idle = ?idle_timeout, "closing an idle connection");
+                }
+                _ = stop.cancelled() => {}
             }
-            drop(permit);
+            // HTTP/1: closes now if idle, after the response otherwise. HTTP/2: GOAWAY, then
+            // streams in flight finish. Either way bounded once nothing is in flight.
+            conn.as_mut().graceful_shutdown();
+            let asked = Instant::now();
+            tokio::select! {
+                ended = conn.as_mut() => log_end(ended),
+                _ = activity.quiet_for(CLOSE_GRACE, asked) => {
+                    tracing::debug!("connection did not close after a graceful close; dropping it");
+                }
+            }
         });
     }
     drop(listener);
+    stop.cancel();
+    // Every connection holds a slot until it ends: all slots back means all connections closed.
+    let all = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = connections.acquire_many(all) => {}
         _ = tokio::time::sleep(settings.shutdown_grace) => {
             tracing::warn!(grace = ?settings.shutdown_grace, "connections still open after the grace period; closing them");
         }
     }
     Ok(())
+}
+
+fn log_end<E: std::fmt::Display>(ended: Result<(), E>) {
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// What one connection is doing, as seen by its service: requests in flight and when that
+/// number last changed. Bytes that carry no request (HTTP/2 pings, settings, window updates)
+/// are not activity, so a peer that only answers keep-alive pings is still idle.
+struct Activity {
+    state: Mutex<(usize, Instant)>,
+}
+
+/// One request in flight on a connection, until dropped.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            state: Mutex::new((0, Instant::now())),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        *s = (s.0 + 1, Instant::now());
+        Busy(self.clone())
+    }
+
+    /// Resolves once no request has been in flight for `quiet`, counting from `since` at the
+    /// earliest.
+    async fn quiet_for(&self, quiet: Duration, since: Instant) {
+        loop {
+            let (in_flight, last) = *self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if in_flight > 0 {
+                // Look again later: the request's end restarts the count.
+                tokio::time::sleep(quiet).await;
+                continue;
+            }
+            let at = last.max(since) + quiet;
+            if at <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(at.into()).await;
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        *s = (s.0.saturating_sub(1), Instant::now());
+    }
 }
 
 async fn respond(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -119,9 +215,15 @@ async fn respond(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         return reply(handle::callback(app, &snapshot, body, deadline).await);
     }
     match (req.method(), path) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") if app.is_ready() => text(StatusCode::OK, "ready\n"),
-        (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+        (&Method::GET, "/readyz") => match (app.is_ready(), app.queue.store().health()) {
+            (true, Ok(())) => text(StatusCode::OK, "ready\n".into()),
+            (false, _) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+            (true, Err(e)) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: store failing: {e}\n"),
+            ),
+        },
         _ => reply(Reply::error(404, "not_found", "no such path")),
     }
 }
@@ -177,8 +279,8 @@ fn reply(r: Reply) -> Response<Full<Bytes>> {
     response
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -74,6 +74,9 @@ pub fn summary(app: &Arc<App>) -> String {
         &s.hash[..12],
         app.queue.pending_len()
     );
+    if let Err(err) = app.queue.store().health() {
+        line.push_str(&format!("; store failing: {err}"));
+    }
     if let Some(err) = app.last_reload_error() {
         line.push_str(&format!("; last reload failed: {err}"));
     }

@@ -1,6 +1,7 @@
 //! Is this callback from ZEGO, and fresh? Signature (constant-time, every configured secret
 //! tried), appid allow-list and timestamp skew. The replay decision uses the store's table (see
-//! [`crate::deliver::Store::check_replay`]); this module only builds its key. HTTP is not this
+//! [`crate::deliver::Store::check_replay`]); this module only builds its key ([`ReplayKey`]: the
+//! signature, the one thing the secret vouches for). HTTP is not this
 //! module's business: the caller maps a [`VerifyError`] to a status.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -54,25 +55,50 @@ impl VerifyError {
     }
 }
 
-/// The single-use identity of a signed callback.
+/// The single-use identity of a callback within the replay window.
+///
+/// For a signed callback it is the signature alone: the secret signs only the timestamp and the
+/// nonce, sorted and concatenated without a separator, so the appid, the event and the body are
+/// not covered, and digits can move between timestamp and nonce without changing what is
+/// signed. The signature is the one thing an attacker cannot vary, so it is what may be used
+/// once, whatever comes with it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ReplayKey {
-    pub appid: String,
-    pub nonce: String,
-    pub timestamp: String,
+pub enum ReplayKey {
+    /// The signature, lower-case hex.
+    Signature(String),
+    /// `verify.insecure`: nothing is signed, so the sender's own (appid, nonce, timestamp).
+    Unsigned {
+        appid: String,
+        nonce: String,
+        timestamp: String,
+    },
 }
 
 impl ReplayKey {
-    /// A stable byte encoding, for store tables.
+    /// A stable byte encoding, for store tables. The two kinds never collide.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v =
-            Vec::with_capacity(self.appid.len() + self.nonce.len() + self.timestamp.len() + 2);
-        v.extend_from_slice(self.appid.as_bytes());
-        v.push(0);
-        v.extend_from_slice(self.nonce.as_bytes());
-        v.push(0);
-        v.extend_from_slice(self.timestamp.as_bytes());
-        v
+        match self {
+            ReplayKey::Signature(sig) => {
+                let mut v = Vec::with_capacity(sig.len() + 2);
+                v.extend_from_slice(b"s\0");
+                v.extend_from_slice(sig.as_bytes());
+                v
+            }
+            ReplayKey::Unsigned {
+                appid,
+                nonce,
+                timestamp,
+            } => {
+                let mut v = Vec::with_capacity(appid.len() + nonce.len() + timestamp.len() + 4);
+                v.extend_from_slice(b"u\0");
+                v.extend_from_slice(appid.as_bytes());
+                v.push(0);
+                v.extend_from_slice(nonce.as_bytes());
+                v.push(0);
+                v.extend_from_slice(timestamp.as_bytes());
+                v
+            }
+        }
     }
 }
 
@@ -89,7 +115,7 @@ pub fn verify(
     }
     if settings.insecure {
         return Ok(match (&envelope.nonce, &envelope.timestamp) {
-            (Some(nonce), Some(timestamp)) => Some(ReplayKey {
+            (Some(nonce), Some(timestamp)) => Some(ReplayKey::Unsigned {
                 appid: envelope.appid.clone().unwrap_or_default(),
                 nonce: nonce.clone(),
                 timestamp: timestamp.clone(),
@@ -129,11 +155,7 @@ pub fn verify(
     if let Some(max) = settings.max_skew {
         check_skew(timestamp, max, now)?;
     }
-    Ok(Some(ReplayKey {
-        appid: appid.to_string(),
-        nonce: nonce.to_string(),
-        timestamp: timestamp.to_string(),
-    }))
+    Ok(Some(ReplayKey::Signature(given)))
 }
 
 /// Seconds or milliseconds: a value above 10^12 is milliseconds (ZEGO's room and group pages
@@ -234,6 +256,46 @@ mod tests {
             verify(&envelope("k", "1700000000000"), &s, at(1700001000)),
             Err(VerifyError::Stale { .. })
         ));
+    }
+
+    #[test]
+    fn the_replay_key_is_the_signature_whatever_comes_with_it() {
+        let s = settings(&["k"]);
+        let e = envelope("k", "1700000000");
+        let key = verify(&e, &s, at(1700000000)).unwrap().unwrap();
+        assert_eq!(key, ReplayKey::Signature(e.signature.clone().unwrap()));
+        // Another allowed appid with the same nonce, timestamp and signature: the same key.
+        let mut other_app = e.clone();
+        other_app.appid = Some("2".into());
+        assert_eq!(verify(&other_app, &s, at(1700000000)).unwrap(), Some(key));
+        // Digits moved from the nonce into the timestamp (read as milliseconds) sign the same
+        // text, so they make the same key too.
+        let secret = "zsecret";
+        let (ts_a, nonce_a) = ("1796155339", "5359848011");
+        let (ts_b, nonce_b) = ("1796155339535", "9848011");
+        assert_eq!(
+            signature(secret, ts_a, nonce_a),
+            signature(secret, ts_b, nonce_b)
+        );
+        let moved = |ts: &str, nonce: &str| Envelope {
+            appid: Some("1".into()),
+            event: Some("call_timeout".into()),
+            nonce: Some(nonce.into()),
+            timestamp: Some(ts.into()),
+            signature: Some(signature(secret, ts, nonce).to_uppercase()),
+        };
+        let s = settings(&[secret]);
+        let now = at(1796155339);
+        let a = verify(&moved(ts_a, nonce_a), &s, now).unwrap().unwrap();
+        let b = verify(&moved(ts_b, nonce_b), &s, now).unwrap().unwrap();
+        assert_eq!(a.encode(), b.encode());
+        // Unsigned keys never collide with signed ones.
+        let unsigned = ReplayKey::Unsigned {
+            appid: String::new(),
+            nonce: String::new(),
+            timestamp: String::new(),
+        };
+        assert_ne!(unsigned.encode()[0], a.encode()[0]);
     }
 
     #[test]

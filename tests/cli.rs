@@ -59,6 +59,19 @@ fn check_refuses_a_bad_duration_with_its_position() {
 }
 
 #[test]
+fn check_refuses_a_zero_idle_timeout_with_its_position() {
+    let (code, _, err) = check(&format!("[server]\nidle_timeout = \"0s\"\n{GOOD}"));
+    assert_eq!(code, 78);
+    assert!(err.contains("config.toml:2:16:"), "{err}");
+    assert!(
+        err.contains("server.idle_timeout must be more than 0"),
+        "{err}"
+    );
+    let (code, _, err) = check(&format!("[server]\nidle_timeout = \"90s\"\n{GOOD}"));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
 fn check_refuses_two_action_keys_and_reports_every_error() {
     let config = format!(
         "{GOOD}forward = \"http://127.0.0.1:1/\"\n\n[[rule]]\nname = \"x\"\nevents = [\"call_*\"]\nretry = {{ backoff = \"soon\" }}\ncommand = [\"true\"]\n"

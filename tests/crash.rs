@@ -1,4 +1,5 @@
-//! The real binary killed with SIGKILL again and again while callbacks stream in: every callback
+//! The real binary killed with SIGKILL again and again while callbacks stream in (from clients
+//! that wait for the reply, and from clients that hang up right after sending): every callback
 //! that was answered 2xx still reaches its target, at least once.
 
 mod common;
@@ -16,8 +17,10 @@ use serde_json::{Value, json};
 
 /// Crash rounds (the brief asks for at least ten).
 const ROUNDS: usize = 12;
-/// Clients posting at once.
+/// Clients posting at once and waiting for the reply.
 const SENDERS: usize = 4;
+/// Clients posting at once and hanging up without reading the reply.
+const HANG_UPS: usize = 2;
 
 /// The daemon process; killed when dropped, so a failing test leaves nothing running.
 struct Zimhook {
@@ -144,6 +147,32 @@ async fn send_until(
     sent
 }
 
+/// Posts signed callbacks over fresh connections, closing each right after writing it, until
+/// `stop`; returns how many were sent.
+fn hang_up_until(sender: usize, port: u16, stop: Arc<AtomicBool>) -> usize {
+    use std::io::Write;
+    let mut sent = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let body = to_body(&sign(event(
+            "call_timeout",
+            json!({"call_id": format!("h{sender}-{sent}"), "user_ids": ["a"]}),
+        )));
+        sent += 1;
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        let _ = write!(
+            s,
+            "POST /callback HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        drop(s);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    sent
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_callbacks_survive_repeated_sigkill() {
     let started = Instant::now();
@@ -168,6 +197,12 @@ async fn acked_callbacks_survive_repeated_sigkill() {
             tokio::spawn(send_until(s, url, stop.clone(), acked.clone()))
         })
         .collect();
+    let hang_ups: Vec<_> = (0..HANG_UPS)
+        .map(|s| {
+            let stop = stop.clone();
+            std::thread::spawn(move || hang_up_until(s, port, stop))
+        })
+        .collect();
 
     for _ in 0..ROUNDS {
         let wait = rand::random_range(150..=600);
@@ -182,12 +217,16 @@ async fn acked_callbacks_survive_repeated_sigkill() {
     for s in senders {
         sent += s.await.unwrap();
     }
+    let hung_up: usize = hang_ups.into_iter().map(|h| h.join().unwrap()).sum();
 
     let acked: BTreeSet<String> = acked.lock().unwrap().iter().cloned().collect();
     let received = || {
         let mut counts: HashMap<String, usize> = HashMap::new();
         for r in target.requests() {
             let v: Value = serde_json::from_slice(&r.body).unwrap();
+            if v["call_id"].as_str().unwrap().starts_with('h') {
+                continue; // nobody was told these were accepted
+            }
             *counts
                 .entry(v["call_id"].as_str().unwrap().to_string())
                 .or_default() += 1;
@@ -206,7 +245,7 @@ async fn acked_callbacks_survive_repeated_sigkill() {
     let lost: Vec<&String> = acked.iter().filter(|id| !got.contains_key(*id)).collect();
     let duplicates: usize = got.values().map(|n| n - 1).sum();
     println!(
-        "crash test: acked={} delivered={} duplicates={duplicates} lost={} (sent={sent}, runs={}, {:.1}s)",
+        "crash test: acked={} delivered={} duplicates={duplicates} lost={} (sent={sent}, hung up={hung_up}, runs={}, {:.1}s)",
         acked.len(),
         got.len(),
         lost.len(),

@@ -142,19 +142,18 @@ command = ["sh", "-c", "sleep 300 & echo $! > bg.pid; echo $$ > fg.pid; wait"]
         json!({"call_id": "h", "user_ids": ["a"]}),
     ));
     assert_eq!(d.post(to_body(&body)).await.0, 200);
-    assert!(
-        wait_until(Duration::from_secs(5), || d.path("bg.pid").exists()
-            && d.path("fg.pid").exists())
-        .await
-    );
+    // The shell creates each file before it writes the pid: wait until both parse.
     let read = |f: &str| {
         std::fs::read_to_string(d.path(f))
-            .unwrap()
-            .trim()
-            .parse::<i32>()
-            .unwrap()
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
     };
-    let (bg, fg) = (read("bg.pid"), read("fg.pid"));
+    assert!(
+        wait_until(Duration::from_secs(5), || read("bg.pid").is_some()
+            && read("fg.pid").is_some())
+        .await
+    );
+    let (bg, fg) = (read("bg.pid").unwrap(), read("fg.pid").unwrap());
     assert!(alive(bg) && alive(fg));
     assert!(
         wait_until(Duration::from_secs(10), || d

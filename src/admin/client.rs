@@ -68,26 +68,40 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 
 /// What `zimhook deliveries` was asked.
 pub enum Command {
-    List { dead: bool },
-    Show { id: String },
-    Retry { id: Option<String> },
-    Drop { id: String },
+    /// `state`: pending, orphaned or dead.
+    List {
+        state: &'static str,
+    },
+    Show {
+        id: String,
+    },
+    Retry {
+        id: Option<String>,
+    },
+    Drop {
+        id: String,
+    },
+    Move {
+        rule: String,
+        to: String,
+    },
 }
 
 /// Runs a `deliveries` command; prints the result; returns the exit code.
 pub async fn run(admin: &AdminSettings, command: Command, json: bool) -> anyhow::Result<i32> {
     let (method, path) = match &command {
-        Command::List { dead } => (
-            Method::GET,
-            format!(
-                "/deliveries?state={}",
-                if *dead { "dead" } else { "pending" }
-            ),
-        ),
+        Command::List { state } => (Method::GET, format!("/deliveries?state={state}")),
         Command::Show { id } => (Method::GET, format!("/deliveries/{id}")),
         Command::Retry { id: Some(id) } => (Method::POST, format!("/deliveries/{id}/retry")),
         Command::Retry { id: None } => (Method::POST, "/deliveries/retry-dead".to_string()),
         Command::Drop { id } => (Method::DELETE, format!("/deliveries/{id}")),
+        Command::Move { rule, to } => {
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("rule", rule)
+                .append_pair("to", to)
+                .finish();
+            (Method::POST, format!("/deliveries/move?{query}"))
+        }
     };
     let (status, value) = request(admin, method, &path).await?;
     if status == StatusCode::UNAUTHORIZED {
@@ -127,6 +141,13 @@ pub async fn run(admin: &AdminSettings, command: Command, json: bool) -> anyhow:
             }
         }
         Command::Drop { id } => println!("dropped {id}"),
+        Command::Move { rule, to } => {
+            let n = value["moved"].as_array().map(Vec::len).unwrap_or(0);
+            println!(
+                "moved {n} deliver{} from {rule} to {to}",
+                if n == 1 { "y" } else { "ies" }
+            );
+        }
     }
     Ok(0)
 }

@@ -14,11 +14,12 @@
 //! | `GET /healthz` | 200 while serving |
 //! | `GET /status` | live config hash, rules, queue and reload counts (JSON) |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /deliveries?state=pending\|dead` | deliveries, oldest first (JSON) |
+//! | `GET /deliveries?state=pending\|orphaned\|dead` | deliveries, oldest first (JSON); pending includes orphaned ones |
 //! | `GET /deliveries/{id}` | one delivery with its attempt history |
 //! | `POST /deliveries/{id}/retry` | a dead letter becomes pending again |
 //! | `POST /deliveries/retry-dead` | every dead letter becomes pending again |
 //! | `DELETE /deliveries/{id}` | drop a pending (not running) delivery or a dead letter |
+//! | `POST /deliveries/move?rule=OLD&to=NEW` | re-target the pending deliveries of rule OLD to live rule NEW |
 
 pub mod client;
 
@@ -41,7 +42,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::app::App;
 use crate::config::AdminListen;
-use crate::deliver::Delivery;
+use crate::deliver::{Delivery, MoveError};
 
 /// Binds the admin listener. A unix socket left by an earlier run is replaced (nothing else at
 /// that path is); the new one is readable and writable by the daemon's user only.
@@ -177,21 +178,48 @@ async fn respond(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>
             )
         }
         (&Method::GET, ["deliveries"]) => {
-            let dead =
-                form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "state" && v == "dead");
-            let list = if dead {
-                match app.queue.store().dead() {
+            let state = form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "state")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_else(|| "pending".into());
+            let list: Vec<serde_json::Value> = match state.as_str() {
+                "dead" => match app.queue.store().dead() {
                     Ok(mut d) => {
                         d.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-                        d
+                        d.iter().map(|d| summary(d, false)).collect()
                     }
                     Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+                },
+                "pending" | "orphaned" => app
+                    .queue
+                    .pending()
+                    .iter()
+                    .filter(|(_, orphaned)| *orphaned || state == "pending")
+                    .map(|(d, orphaned)| summary(d, *orphaned))
+                    .collect(),
+                other => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("state {other:?} is none of pending, orphaned, dead"),
+                    );
                 }
-            } else {
-                app.queue.pending()
             };
-            let summaries: Vec<_> = list.iter().map(summary).collect();
-            ok_json(&json!({ "deliveries": summaries }))
+            ok_json(&json!({ "deliveries": list }))
+        }
+        (&Method::POST, ["deliveries", "move"]) => {
+            let arg = |name: &str| {
+                form_urlencoded::parse(query.as_bytes())
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned())
+            };
+            let (Some(from), Some(to)) = (arg("rule"), arg("to")) else {
+                return error(StatusCode::BAD_REQUEST, "move needs ?rule=OLD&to=NEW");
+            };
+            match app.queue.move_rule(&from, &to).await {
+                Ok(moved) => ok_json(&json!({ "moved": moved })),
+                Err(e @ MoveError::NoSuchRule(_)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            }
         }
         (&Method::GET, ["deliveries", id]) => match app.queue.store().get(id) {
             Ok(Some(d)) => ok_json(&serde_json::to_value(&d).unwrap_or_default()),
@@ -284,6 +312,8 @@ fn status(app: &Arc<App>) -> Response<Full<Bytes>> {
         "config_hash": s.hash,
         "rules": s.rules.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
         "pending": app.queue.pending_len(),
+        "orphaned": app.queue.orphaned_len(),
+        "store_error": app.queue.store().health().err(),
         "dead": dead,
         "reloads_ok": app.reloads_ok.load(Ordering::Relaxed),
         "reloads_failed": app.reloads_failed.load(Ordering::Relaxed),
@@ -291,13 +321,19 @@ fn status(app: &Arc<App>) -> Response<Full<Bytes>> {
     }))
 }
 
-/// A delivery without its body and history, for lists.
-fn summary(d: &Delivery) -> serde_json::Value {
+/// A delivery without its body and history, for lists. A pending delivery whose rule is not
+/// known is listed as `orphaned`.
+fn summary(d: &Delivery, orphaned: bool) -> serde_json::Value {
+    let state = if orphaned {
+        json!("orphaned")
+    } else {
+        json!(d.state)
+    };
     json!({
         "id": d.id,
         "rule": d.rule,
         "event": d.event,
-        "state": d.state,
+        "state": state,
         "attempts": d.attempts,
         "created_ms": d.created_ms,
         "due_ms": d.due_ms,

@@ -22,6 +22,7 @@ const DEFAULT_PATH: &str = "/callback";
 const DEFAULT_MAX_BODY: u64 = 1 << 20;
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(300);
@@ -258,12 +259,20 @@ fn server_settings(c: &mut Checker, raw: &RawConfig) -> ServerSettings {
             }
         },
     };
+    let idle_timeout = match &s.idle_timeout {
+        Some(t) if parse_duration(t.get_ref()).is_ok_and(|d| d.is_zero()) => {
+            c.error(t.span(), "server.idle_timeout must be more than 0");
+            DEFAULT_IDLE_TIMEOUT
+        }
+        t => c.duration(t, DEFAULT_IDLE_TIMEOUT),
+    };
     ServerSettings {
         listen,
         path,
         max_body,
         request_timeout: c.duration(&s.request_timeout, DEFAULT_REQUEST_TIMEOUT),
         header_timeout: c.duration(&s.header_timeout, DEFAULT_HEADER_TIMEOUT),
+        idle_timeout,
         max_connections: s
             .max_connections
             .as_ref()

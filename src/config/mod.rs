@@ -112,6 +112,8 @@ pub struct ServerSettings {
     pub max_body: u64,
     pub request_timeout: Duration,
     pub header_timeout: Duration,
+    /// A connection (HTTP/1 or HTTP/2) with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
 }

@@ -34,6 +34,7 @@ pub struct RawServer {
     pub max_body: Option<Spanned<RawSize>>,
     pub request_timeout: Option<Spanned<String>>,
     pub header_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<u32>>,
     pub shutdown_grace: Option<Spanned<String>>,
 }

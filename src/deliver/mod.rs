@@ -6,10 +6,12 @@
 //! The scheduler keeps an in-memory index of the pending deliveries (due time, per-rule
 //! concurrency, `order_by` chains); the store is the truth it is rebuilt from on start.
 
+pub mod claims;
 pub mod redb_store;
+mod sched;
 pub mod store;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,15 +28,15 @@ use crate::config::{RetryPolicy, Rule, Snapshot};
 use crate::metrics::Metrics;
 use crate::receive::Callback;
 use crate::route;
+pub use claims::{Claim, Claims};
 pub use redb_store::RedbStore;
+use sched::{AcceptedUnder, Sched};
 pub use store::{Accepted, MemoryStore, ReplayEntry, Seen, Store, StoreError};
 
 /// Events emitted by plugins are routed again up to this depth; deeper ones are dropped.
 pub const MAX_EMIT_DEPTH: u8 = 4;
 /// Attempts kept in a delivery's history (the newest).
 const HISTORY: usize = 10;
-/// Due deliveries looked at per scheduling round.
-const SCAN: usize = 1024;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -168,6 +170,15 @@ pub fn deliveries_for_emitted(
     out
 }
 
+/// Why `deliveries move` did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("the live config has no rule {0:?}")]
+    NoSuchRule(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
 /// Why deliveries were not accepted; both answer 503 with `Retry-After`.
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
@@ -185,6 +196,7 @@ pub struct DeliveryQueue {
 
 struct Inner {
     store: Arc<dyn Store>,
+    claims: Arc<Claims>,
     sched: Mutex<Sched>,
     wake: Notify,
     live: Arc<ArcSwap<Snapshot>>,
@@ -194,81 +206,6 @@ struct Inner {
     tracker: TaskTracker,
     stop: CancellationToken,
     metrics: Arc<Metrics>,
-}
-
-#[derive(Default)]
-struct Sched {
-    seq: u64,
-    /// Not running, by (due, arrival).
-    by_due: BTreeSet<(u64, u64, String)>,
-    items: HashMap<String, Item>,
-    /// Deliveries of one rule with one `order_by` key, in arrival order: only the first runs.
-    chains: HashMap<(String, String), VecDeque<String>>,
-}
-
-struct Item {
-    delivery: Delivery,
-    seq: u64,
-    running: bool,
-}
-
-impl Sched {
-    fn insert(&mut self, d: Delivery) {
-        self.seq += 1;
-        let seq = self.seq;
-        if let Some(key) = &d.order_key {
-            self.chains
-                .entry((d.rule.clone(), key.clone()))
-                .or_default()
-                .push_back(d.id.clone());
-        }
-        self.by_due.insert((d.due_ms, seq, d.id.clone()));
-        self.items.insert(
-            d.id.clone(),
-            Item {
-                delivery: d,
-                seq,
-                running: false,
-            },
-        );
-    }
-
-    /// Puts a delivery back after a failed attempt (it keeps its place in its chain).
-    fn reschedule(&mut self, d: Delivery) {
-        if let Some(item) = self.items.get_mut(&d.id) {
-            item.running = false;
-            self.by_due.insert((d.due_ms, item.seq, d.id.clone()));
-            item.delivery = d;
-        }
-    }
-
-    /// Forgets a delivery (done, dead or dropped).
-    fn remove(&mut self, id: &str) -> Option<Delivery> {
-        let item = self.items.remove(id)?;
-        self.by_due
-            .remove(&(item.delivery.due_ms, item.seq, id.to_string()));
-        if let Some(key) = &item.delivery.order_key {
-            let chain_key = (item.delivery.rule.clone(), key.clone());
-            if let Some(chain) = self.chains.get_mut(&chain_key) {
-                chain.retain(|x| x != id);
-                if chain.is_empty() {
-                    self.chains.remove(&chain_key);
-                }
-            }
-        }
-        Some(item.delivery)
-    }
-
-    fn blocked_by_order(&self, d: &Delivery) -> bool {
-        match &d.order_key {
-            None => false,
-            Some(key) => self
-                .chains
-                .get(&(d.rule.clone(), key.clone()))
-                .and_then(|c| c.front())
-                .is_some_and(|first| *first != d.id),
-        }
-    }
 }
 
 impl DeliveryQueue {
@@ -285,10 +222,11 @@ impl DeliveryQueue {
         let mut pending = store.pending()?;
         pending.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         for d in pending {
-            sched.insert(d);
+            sched.insert(d, None);
         }
         let inner = Inner {
             store,
+            claims: Claims::new(),
             sched: Mutex::new(sched),
             wake: Notify::new(),
             workers: Arc::new(Semaphore::new(snapshot.store.workers)),
@@ -309,19 +247,38 @@ impl DeliveryQueue {
     }
 
     pub fn pending_len(&self) -> usize {
-        self.inner.sched.lock().expect("sched lock").items.len()
+        self.inner.sched.lock().expect("sched lock").len()
     }
 
-    /// Pending deliveries, oldest first.
-    pub fn pending(&self) -> Vec<Delivery> {
+    /// Pending deliveries held because no rule of their name is known.
+    pub fn orphaned_len(&self) -> usize {
+        self.inner.sched.lock().expect("sched lock").orphaned_len()
+    }
+
+    /// Pending deliveries of rule `name` (orphaned ones included).
+    pub fn pending_for_rule(&self, name: &str) -> usize {
+        self.inner
+            .sched
+            .lock()
+            .expect("sched lock")
+            .count_for_rule(name)
+    }
+
+    /// Pending deliveries, oldest first, each with whether it is orphaned.
+    pub fn pending(&self) -> Vec<(Delivery, bool)> {
         let s = self.inner.sched.lock().expect("sched lock");
         let mut v: Vec<_> = s
             .items
             .values()
-            .map(|i| (i.seq, i.delivery.clone()))
+            .map(|i| (i.seq, i.delivery.clone(), i.orphaned))
             .collect();
-        v.sort_by_key(|(seq, _)| *seq);
-        v.into_iter().map(|(_, d)| d).collect()
+        v.sort_by_key(|(seq, _, _)| *seq);
+        v.into_iter().map(|(_, d, o)| (d, o)).collect()
+    }
+
+    /// Wakes the scheduler, e.g. after a reload: orphaned deliveries whose rule came back run.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
     }
 
     /// A read: cheap enough (no fsync, pages cached) to run on the request's own task.
@@ -329,30 +286,56 @@ impl DeliveryQueue {
         self.inner.store.check_replay(key, now_ms())
     }
 
-    /// Durably records the replay entry and the deliveries, then schedules them.
+    /// The callbacks in flight in this process, by replay key.
+    pub fn claims(&self) -> &Arc<Claims> {
+        &self.inner.claims
+    }
+
+    /// Durably records the replay entry and the deliveries, then schedules them; `claim` (the
+    /// callback's hold on its replay key) is released once both are done.
+    ///
+    /// Committing and scheduling run on a task of their own: once the write is handed to the
+    /// store, what it commits is scheduled in this process whether or not the caller is still
+    /// waiting (a client that hangs up cancels the request, not the commit).
+    ///
+    /// Each delivery remembers the rule of `snapshot` it was accepted under: if a reload removes
+    /// or renames that rule before the delivery is done, it still runs with it.
     pub async fn accept(
         &self,
+        snapshot: &Arc<Snapshot>,
         replay: Option<ReplayEntry>,
         deliveries: Vec<Delivery>,
+        claim: Option<Claim>,
     ) -> Result<Accepted, AcceptError> {
         let pending = self.pending_len();
         if !deliveries.is_empty() && pending + deliveries.len() > self.inner.max_queued {
             return Err(AcceptError::Full(pending));
         }
-        let accepted = self
+        let ticket = self
             .inner
             .store
-            .accept_queued(replay.as_ref(), &deliveries, now_ms())
-            .await?;
-        if accepted == Accepted::New && !deliveries.is_empty() {
-            let mut s = self.inner.sched.lock().expect("sched lock");
-            for d in deliveries {
-                s.insert(d);
+            .accept_queued(replay.as_ref(), &deliveries, now_ms());
+        let queue = self.clone();
+        let snapshot = snapshot.clone();
+        let committed = tokio::spawn(async move {
+            let accepted = ticket.await?;
+            if accepted == Accepted::New && !deliveries.is_empty() {
+                let mut s = queue.inner.sched.lock().expect("sched lock");
+                for d in deliveries {
+                    let under = snapshot
+                        .rule(&d.rule)
+                        .map(|rule| (snapshot.clone(), rule.clone()));
+                    s.insert(d, under);
+                }
+                drop(s);
+                queue.inner.wake.notify_one();
             }
-            drop(s);
-            self.inner.wake.notify_one();
-        }
-        Ok(accepted)
+            drop(claim);
+            Ok(accepted)
+        });
+        committed
+            .await
+            .map_err(|e| AcceptError::Store(StoreError(format!("accept task failed: {e}"))))?
     }
 
     /// Makes a dead letter pending again, with a fresh count of attempts.
@@ -378,13 +361,71 @@ impl DeliveryQueue {
                 .sched
                 .lock()
                 .expect("sched lock")
-                .insert(d.clone());
+                .insert(d.clone(), None);
             self.inner.wake.notify_one();
         }
         Ok(revived)
     }
 
-    /// Drops a pending (not running) delivery or a dead letter.
+    /// Re-targets every pending delivery of rule `from` that is not running (orphaned ones
+    /// included) to rule `to` of the live config; returns their ids. Their `order_by` key is
+    /// rendered again with the new rule's template.
+    pub async fn move_rule(&self, from: &str, to: &str) -> Result<Vec<String>, MoveError> {
+        let snapshot = self.inner.live.load_full();
+        let Some(rule) = snapshot.rule(to).cloned() else {
+            return Err(MoveError::NoSuchRule(to.to_string()));
+        };
+        let moved: Vec<Delivery> = {
+            let mut s = self.inner.sched.lock().expect("sched lock");
+            let ids: Vec<String> = s
+                .items
+                .values()
+                .filter(|i| i.delivery.rule == from && !i.running)
+                .map(|i| i.delivery.id.clone())
+                .collect();
+            ids.iter().filter_map(|id| s.remove(id)).collect()
+        };
+        let mut done = Vec::with_capacity(moved.len());
+        let mut out = Vec::with_capacity(moved.len());
+        for mut d in moved {
+            d.rule = rule.name.clone();
+            d.order_key = rule.order_by.as_ref().and_then(|t| {
+                let cb = d.callback().ok()?;
+                let ctx = route::context(&cb, Some((&rule.name, &d.id)));
+                snapshot.templates.render(t, &ctx).ok()
+            });
+            out.push(d.id.clone());
+            done.push(d);
+        }
+        let store = self.inner.store.clone();
+        let saved = done.clone();
+        let result = blocking(move || {
+            for d in &saved {
+                store.save(d)?;
+            }
+            Ok(())
+        })
+        .await;
+        // In memory they follow the new rule whatever the store said: a failed save leaves the
+        // old name on disk, and a restart finds them under it again (orphaned, or moved again).
+        {
+            let mut s = self.inner.sched.lock().expect("sched lock");
+            for d in done {
+                s.insert(d, None);
+            }
+        }
+        self.inner.wake.notify_one();
+        result.map_err(MoveError::Store)?;
+        tracing::info!(
+            from,
+            to,
+            count = out.len(),
+            "pending deliveries moved to another rule"
+        );
+        Ok(out)
+    }
+
+    /// Drops a pending (not running) delivery, orphaned or not, or a dead letter.
     pub async fn drop_delivery(&self, id: &str) -> Result<bool, StoreError> {
         {
             let mut s = self.inner.sched.lock().expect("sched lock");
@@ -433,7 +474,13 @@ impl DeliveryQueue {
     }
 
     async fn dispatch(&self) {
+        let mut seen: Option<Arc<Snapshot>> = None;
         loop {
+            let live = self.inner.live.load_full();
+            if !seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, &live)) {
+                self.adopt_orphans(&live);
+                seen = Some(live);
+            }
             let next = self.start_due();
             let sleep = match next {
                 Some(due) => Duration::from_millis(due.saturating_sub(now_ms())),
@@ -447,53 +494,79 @@ impl DeliveryQueue {
         }
     }
 
+    /// A new config is live: orphaned deliveries whose rule it has may run again.
+    fn adopt_orphans(&self, snapshot: &Snapshot) {
+        let adopted = self
+            .inner
+            .sched
+            .lock()
+            .expect("sched lock")
+            .adopt(|rule| snapshot.rule(rule).is_some());
+        if adopted > 0 {
+            tracing::info!(
+                count = adopted,
+                "orphaned deliveries run again: their rule is back"
+            );
+        }
+    }
+
     /// Starts every due delivery that may run now; returns when the next one falls due.
+    ///
+    /// A delivery runs the live rule of its name; if there is none, the rule it was accepted
+    /// under; if this process never had one (found in the store at start, or retried from the
+    /// dead letters), it is held as orphaned until a rule of that name is live again.
     fn start_due(&self) -> Option<u64> {
-        let snapshot = self.inner.live.load_full();
+        let live = self.inner.live.load_full();
         let now = now_ms();
         let mut started = Vec::new();
-        let mut orphans = Vec::new();
         let next_due;
         {
             let mut s = self.inner.sched.lock().expect("sched lock");
-            let due: Vec<(u64, u64, String)> = s
-                .by_due
-                .iter()
-                .take_while(|(at, _, _)| *at <= now)
-                .take(SCAN)
-                .cloned()
-                .collect();
-            for key in due {
-                let Some(item) = s.items.get(&key.2) else {
-                    continue;
+            let mut free = self.inner.workers.available_permits();
+            let mut chosen: Vec<(String, AcceptedUnder, Option<OwnedSemaphorePermit>)> = Vec::new();
+            let mut orphans = Vec::new();
+            let mut saturated: HashSet<&str> = HashSet::new();
+            for (due, _, id) in &s.by_due {
+                if *due > now || free == 0 {
+                    break;
+                }
+                let item = &s.items[id];
+                let (snapshot, rule) = match live.rule(&item.delivery.rule) {
+                    Some(rule) => (live.clone(), rule.clone()),
+                    None => match &item.accepted_under {
+                        Some(under) => under.clone(),
+                        None => {
+                            orphans.push(id.clone());
+                            continue;
+                        }
+                    },
                 };
-                if s.blocked_by_order(&item.delivery) {
+                if saturated.contains(rule.name.as_str()) {
                     continue;
                 }
-                let Some(rule) = snapshot.rule(&item.delivery.rule).cloned() else {
-                    orphans.push(key.2.clone());
-                    continue;
-                };
                 let rule_permit = match &rule.concurrency {
                     Some(sem) => match sem.clone().try_acquire_owned() {
                         Ok(p) => Some(p),
-                        Err(_) => continue,
+                        Err(_) => {
+                            saturated.insert(item.delivery.rule.as_str());
+                            continue;
+                        }
                     },
                     None => None,
                 };
+                free -= 1;
+                chosen.push((id.clone(), (snapshot, rule), rule_permit));
+            }
+            for id in orphans {
+                tracing::warn!(delivery_id = %id, rule = %s.items[&id].delivery.rule, "no rule of this name is live; delivery held as orphaned");
+                s.orphan(&id);
+            }
+            for (id, under, rule_permit) in chosen {
                 let Ok(worker) = self.inner.workers.clone().try_acquire_owned() else {
                     break;
                 };
-                s.by_due.remove(&key);
-                let item = s.items.get_mut(&key.2).expect("present");
-                item.running = true;
-                started.push((item.delivery.clone(), rule, worker, rule_permit));
-            }
-            for id in &orphans {
-                if let Some(item) = s.items.get_mut(id) {
-                    item.running = true;
-                    let k = (item.delivery.due_ms, item.seq, id.clone());
-                    s.by_due.remove(&k);
+                if let Some(delivery) = s.start(&id) {
+                    started.push((delivery, under, worker, rule_permit));
                 }
             }
             next_due = s
@@ -502,15 +575,8 @@ impl DeliveryQueue {
                 .next()
                 .map(|k| k.0);
         }
-        for id in orphans {
+        for (delivery, (snapshot, rule), worker, rule_permit) in started {
             let queue = self.clone();
-            self.inner.tracker.spawn(async move {
-                queue.bury_orphan(&id).await;
-            });
-        }
-        for (delivery, rule, worker, rule_permit) in started {
-            let queue = self.clone();
-            let snapshot = snapshot.clone();
             self.inner.tracker.spawn(async move {
                 queue.attempt(snapshot, rule, delivery).await;
                 drop(rule_permit);
@@ -519,16 +585,6 @@ impl DeliveryQueue {
             });
         }
         next_due
-    }
-
-    async fn bury_orphan(&self, id: &str) {
-        let Some(mut d) = self.inner.sched.lock().expect("sched lock").remove(id) else {
-            return;
-        };
-        tracing::warn!(delivery_id = %d.id, rule = %d.rule, "rule removed; delivery dead-lettered");
-        d.state = DeliveryState::Dead;
-        d.last_error = Some("rule removed".into());
-        self.persist(d).await;
     }
 
     /// One attempt of one delivery, and what follows from its outcome.
@@ -552,7 +608,7 @@ impl DeliveryQueue {
             && !emit.is_empty()
         {
             let next = deliveries_for_emitted(&snapshot, emit, d.depth + 1);
-            if let Err(e) = self.accept(None, next).await {
+            if let Err(e) = self.accept(&snapshot, None, next, None).await {
                 outcome = Outcome::retry(format!("emitted events could not be queued: {e}"));
             }
         }
@@ -690,41 +746,5 @@ mod tests {
             retry_delay(&p, 1, Some(Duration::ZERO)),
             Duration::from_millis(100)
         );
-    }
-
-    fn delivery(id: &str, key: Option<&str>) -> Delivery {
-        Delivery {
-            id: id.into(),
-            rule: "r".into(),
-            event: "e".into(),
-            body: "{}".into(),
-            order_key: key.map(String::from),
-            depth: 0,
-            created_ms: 0,
-            due_ms: 0,
-            attempts: 0,
-            state: DeliveryState::Pending,
-            last_error: None,
-            history: vec![],
-        }
-    }
-
-    #[test]
-    fn order_chains_let_only_the_first_run() {
-        let mut s = Sched::default();
-        s.insert(delivery("a", Some("k")));
-        s.insert(delivery("b", Some("k")));
-        s.insert(delivery("c", Some("other")));
-        s.insert(delivery("d", None));
-        let blocked = |s: &Sched, id: &str| s.blocked_by_order(&s.items[id].delivery);
-        assert!(!blocked(&s, "a"));
-        assert!(blocked(&s, "b"));
-        assert!(!blocked(&s, "c"));
-        assert!(!blocked(&s, "d"));
-        s.remove("a");
-        assert!(!blocked(&s, "b"));
-        assert!(s.chains.contains_key(&("r".into(), "k".into())));
-        s.remove("b");
-        assert!(!s.chains.contains_key(&("r".into(), "k".into())));
     }
 }

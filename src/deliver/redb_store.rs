@@ -7,13 +7,24 @@
 //! and commits once (fsync), then answers each. Under load one fsync serves many callbacks, and
 //! a caller still hears back only once its write is on disk. Reads open read transactions
 //! directly, beside the writer.
+//!
+//! Writes that need no fsync of their own (attempt records, completed deliveries) become
+//! durable with the next fsync, and at the latest [`SYNC_AFTER`] later even when nothing else
+//! is written.
+//!
+//! After an I/O error (a full disk) redb refuses every further write on that handle. The
+//! writer then reports the store as failing ([`Store::health`]), answers writes with errors,
+//! and about every [`REOPEN_EVERY`] closes the file and opens it again (redb repairs it to its
+//! last durable commit, which holds everything acknowledged) and tries a durable probe write;
+//! once that succeeds the store is healthy again by itself.
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{
@@ -35,11 +46,25 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FORMAT: u64 = 1;
 /// Requests applied in one transaction at most, so that one commit stays short.
 const MAX_BATCH: usize = 1024;
+/// A commit without fsync is made durable at most this long after it.
+pub const SYNC_AFTER: Duration = Duration::from_secs(1);
+/// While the store is failing, how often it is closed, opened again and probed.
+pub const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// A failing store counts as writable again only with this much free space beside it: redb
+/// reuses free pages inside its file, so a probe write can succeed on a disk that is still
+/// full, and the next growth of the file would fail again.
+pub const MIN_FREE: u64 = 1024 * 1024;
+
+/// The open database, swapped by the writer when it reopens the file; `None` while it does.
+type Handle = Arc<RwLock<Option<Arc<Database>>>>;
+/// Why the store cannot write, while it cannot.
+type Health = Arc<Mutex<Option<String>>>;
 
 /// The redb-backed store. Dropping it stops the writer thread and closes the file.
 pub struct RedbStore {
     path: PathBuf,
-    db: Arc<Database>,
+    db: Handle,
+    health: Health,
     requests: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
     commits: Arc<AtomicU64>,
@@ -86,19 +111,28 @@ impl RedbStore {
         }
         let db = Database::create(path).map_err(|e| fail(&e))?;
         init(&db).map_err(|e| fail(&e))?;
-        let db = Arc::new(db);
+        let db: Handle = Arc::new(RwLock::new(Some(Arc::new(db))));
+        let health: Health = Arc::default();
         let commits = Arc::new(AtomicU64::new(0));
         let (requests, inbox) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("zimhook-store".into())
             .spawn({
-                let (db, commits) = (db.clone(), commits.clone());
-                move || run_writer(&db, &inbox, &commits)
+                let writer = Writer {
+                    path: path.to_path_buf(),
+                    db: db.clone(),
+                    health: health.clone(),
+                    commits: commits.clone(),
+                    unsynced_since: None,
+                    last_reopen: None,
+                };
+                move || writer.run(&inbox)
             })
             .map_err(|e| fail(&e))?;
         Ok(RedbStore {
             path: path.to_path_buf(),
             db,
+            health,
             requests: Some(requests),
             writer: Some(writer),
             commits,
@@ -168,7 +202,8 @@ impl RedbStore {
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_read().map_err(db_error)?;
+        let db = current(&self.db).ok_or_else(reopening)?;
+        let txn = db.begin_read().map_err(db_error)?;
         f(&txn)
     }
 
@@ -196,6 +231,13 @@ impl Drop for RedbStore {
 }
 
 impl Store for RedbStore {
+    fn health(&self) -> Result<(), String> {
+        match &*self.health.lock().expect("health lock") {
+            None => Ok(()),
+            Some(e) => Err(e.clone()),
+        }
+    }
+
     fn check_replay(&self, key: &[u8], now_ms: u64) -> Result<Option<Seen>, StoreError> {
         self.read(|txn| {
             let table = txn.open_table(REPLAY).map_err(db_error)?;
@@ -294,6 +336,15 @@ fn stopped() -> StoreError {
     StoreError("writer thread stopped".into())
 }
 
+fn reopening() -> StoreError {
+    StoreError("store is being reopened after a write error".into())
+}
+
+/// The open database, if any (none while the writer reopens it).
+fn current(db: &Handle) -> Option<Arc<Database>> {
+    db.read().expect("db lock").clone()
+}
+
 fn accepted(done: Done) -> Accepted {
     match done {
         Done::Accepted(a) => a,
@@ -336,40 +387,205 @@ fn init(db: &Database) -> Result<(), String> {
     txn.commit().map_err(|e| e.to_string())
 }
 
-/// The writer thread: one transaction and one commit per batch of queued requests.
-fn run_writer(db: &Database, inbox: &mpsc::Receiver<Request>, commits: &AtomicU64) {
-    // Whether a commit without fsync happened since the last one with.
-    let mut unsynced = false;
-    while let Ok(first) = inbox.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match inbox.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+/// The writer thread's state.
+struct Writer {
+    path: PathBuf,
+    db: Handle,
+    health: Health,
+    commits: Arc<AtomicU64>,
+    /// When the oldest commit not yet made durable happened.
+    unsynced_since: Option<Instant>,
+    /// When the store was last reopened after a failure.
+    last_reopen: Option<Instant>,
+}
+
+impl Writer {
+    /// One transaction and one commit per batch of queued requests, until the store is dropped.
+    fn run(mut self, inbox: &mpsc::Receiver<Request>) {
+        loop {
+            let first = match self.wait() {
+                Some(wait) => match inbox.recv_timeout(wait) {
+                    Ok(r) => Some(r),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match inbox.recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => break,
+                },
+            };
+            self.tend();
+            let Some(first) = first else { continue };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match inbox.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.apply(batch);
+        }
+        // Closing: put commits made without fsync on disk too.
+        if self.unsynced_since.is_some()
+            && let Some(db) = current(&self.db)
+            && let Err(e) = sync(&db)
+        {
+            tracing::warn!(error = %e, "final store sync failed; the last attempt records may run again");
+        }
+    }
+
+    /// How long to wait for the next request before there is work of its own: a sync due, or a
+    /// reopen to try. `None`: wait as long as it takes.
+    fn wait(&self) -> Option<Duration> {
+        if self.failing() {
+            let since = self
+                .last_reopen
+                .map(|t| t.elapsed())
+                .unwrap_or(REOPEN_EVERY);
+            return Some(REOPEN_EVERY.saturating_sub(since));
+        }
+        self.unsynced_since
+            .map(|t| SYNC_AFTER.saturating_sub(t.elapsed()))
+    }
+
+    fn failing(&self) -> bool {
+        self.health.lock().expect("health lock").is_some()
+    }
+
+    fn fail(&mut self, error: String) {
+        let mut health = self.health.lock().expect("health lock");
+        if health.is_none() {
+            tracing::error!(error = %error, path = %self.path.display(), "store cannot write; callbacks get 503 until it recovers");
+        }
+        *health = Some(error);
+    }
+
+    /// Work due whatever arrives: the periodic sync, or reopening a failing store.
+    fn tend(&mut self) {
+        if self.failing() {
+            if self.last_reopen.is_none_or(|t| t.elapsed() >= REOPEN_EVERY) {
+                self.reopen();
+            }
+            return;
+        }
+        if self
+            .unsynced_since
+            .is_some_and(|t| t.elapsed() >= SYNC_AFTER)
+        {
+            let Some(db) = current(&self.db) else { return };
+            match sync(&db) {
+                Ok(()) => {
+                    self.commits.fetch_add(1, Ordering::Relaxed);
+                    self.unsynced_since = None;
+                }
+                Err(e) => self.fail(format!("sync failed: {e}")),
             }
         }
-        match apply_batch(db, &batch) {
+    }
+
+    fn apply(&mut self, batch: Vec<Request>) {
+        let db = match current(&self.db) {
+            Some(db) if !self.failing() => db,
+            _ => {
+                let error = self
+                    .health
+                    .lock()
+                    .expect("health lock")
+                    .clone()
+                    .unwrap_or_else(|| reopening().0);
+                for req in batch {
+                    let _ = req.reply.send(Err(StoreError(error.clone())));
+                }
+                return;
+            }
+        };
+        let overdue = self
+            .unsynced_since
+            .is_some_and(|t| t.elapsed() >= SYNC_AFTER);
+        match apply_batch(&db, &batch, overdue) {
             Ok((done, committed)) => {
                 if committed {
-                    commits.fetch_add(1, Ordering::Relaxed);
-                    unsynced = !batch.iter().any(|r| r.durable);
+                    self.commits.fetch_add(1, Ordering::Relaxed);
+                    if overdue || batch.iter().any(|r| r.durable) {
+                        self.unsynced_since = None;
+                    } else if self.unsynced_since.is_none() {
+                        self.unsynced_since = Some(Instant::now());
+                    }
                 }
                 for (req, done) in batch.into_iter().zip(done) {
                     let _ = req.reply.send(Ok(done));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, requests = batch.len(), "store write failed");
+                let error = format!("write failed: {e}");
+                tracing::error!(error = %error, requests = batch.len(), "store write failed");
+                self.fail(error.clone());
                 for req in batch {
-                    let _ = req.reply.send(Err(StoreError(e.to_string())));
+                    let _ = req.reply.send(Err(StoreError(error.clone())));
                 }
             }
         }
     }
-    // Closing: put attempt records committed without fsync on disk too.
-    if unsynced && let Err(e) = sync(db) {
-        tracing::warn!(error = %e, "final store sync failed; the last attempt records may run again");
+
+    /// Closes the file, opens it again (redb repairs it to its last durable commit) and probes
+    /// it with a durable write. Healthy again only if all of that worked.
+    fn reopen(&mut self) {
+        self.last_reopen = Some(Instant::now());
+        let old = self.db.write().expect("db lock").take();
+        if let Some(old) = old {
+            // Readers hold the old handle only for one read; the file lock goes with the last.
+            let end = Instant::now() + Duration::from_secs(2);
+            while Arc::strong_count(&old) > 1 && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(old);
+        }
+        let opened = free_space(&self.path)
+            .and_then(|_| Database::create(&self.path).map_err(|e| e.to_string()))
+            .and_then(|db| {
+                init(&db)?;
+                probe(&db).map_err(|e| e.to_string())?;
+                Ok(db)
+            });
+        match opened {
+            Ok(db) => {
+                *self.db.write().expect("db lock") = Some(Arc::new(db));
+                *self.health.lock().expect("health lock") = None;
+                self.unsynced_since = None;
+                tracing::warn!(path = %self.path.display(), "store reopened and writable again");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "store still cannot write");
+                *self.health.lock().expect("health lock") =
+                    Some(format!("cannot write {}: {e}", self.path.display()));
+            }
+        }
     }
+}
+
+/// Whether the file system holding `path` has [`MIN_FREE`] bytes free for unprivileged writes.
+fn free_space(path: &Path) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| format!("statvfs: {e}"))?;
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    if free < MIN_FREE {
+        return Err(format!("only {free} bytes free on its file system"));
+    }
+    Ok(())
+}
+
+/// A durable write: fails while the file cannot be written.
+fn probe(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        meta.insert("probe", crate::deliver::now_ms())?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 /// An empty commit with fsync: makes every earlier commit durable.
@@ -380,13 +596,19 @@ fn sync(db: &Database) -> Result<(), redb::Error> {
     Ok(())
 }
 
-/// Applies `batch` in order in one write transaction; commits it (durably) if anything changed.
-fn apply_batch(db: &Database, batch: &[Request]) -> Result<(Vec<Done>, bool), redb::Error> {
+/// Applies `batch` in order in one write transaction; commits it if anything changed, durably
+/// if a request needs it or `sync` says so.
+fn apply_batch(
+    db: &Database,
+    batch: &[Request],
+    sync: bool,
+) -> Result<(Vec<Done>, bool), redb::Error> {
     let mut txn = db.begin_write()?;
     // Only accepting a callback must be on disk before it returns (the 2xx depends on it). The
     // record of an attempt may be lost in a crash: the delivery then runs again, which
-    // at-least-once allows. Such batches skip the fsync; the next accept makes them durable.
-    let needs_fsync = batch.iter().any(|r| r.durable);
+    // at-least-once allows. Such batches skip the fsync; the next accept, or the writer within
+    // SYNC_AFTER, makes them durable.
+    let needs_fsync = sync || batch.iter().any(|r| r.durable);
     txn.set_durability(if needs_fsync {
         Durability::Immediate
     } else {
@@ -643,7 +865,8 @@ mod tests {
             }
         };
         let batch = [request(1, "first"), request(2, "second")];
-        let (done, committed) = apply_batch(&store.db, &batch).unwrap();
+        let db = current(&store.db).unwrap();
+        let (done, committed) = apply_batch(&db, &batch, false).unwrap();
         assert!(committed);
         assert!(matches!(done[0], Done::Accepted(Accepted::New)));
         match &done[1] {

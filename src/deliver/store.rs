@@ -49,6 +49,10 @@ pub fn answered<T: Send + 'static>(result: Result<T, StoreError>) -> Ticket<T> {
 }
 
 pub trait Store: Send + Sync + 'static {
+    /// Whether the store can write now; the reason when it cannot (a full disk, say).
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// The live (unexpired) replay entry for `key`, if any.
     fn check_replay(&self, key: &[u8], now_ms: u64) -> Result<Option<Seen>, StoreError>;
     /// Atomically: unless `replay`'s key is live already, record it and queue `deliveries`.
