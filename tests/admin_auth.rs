@@ -99,6 +99,7 @@ async fn tcp_admin_answers_only_requests_with_the_bearer_token() {
             (reqwest::Method::DELETE, "/deliveries/x"),
             (reqwest::Method::POST, "/deliveries/x/retry"),
             (reqwest::Method::POST, "/deliveries/retry-dead"),
+            (reqwest::Method::POST, "/deliveries/move?rule=log&to=log"),
         ] {
             let mut req = http.request(method.clone(), url(path));
             if let Some(a) = &auth {
