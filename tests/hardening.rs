@@ -283,16 +283,6 @@ fn fill(path: &Path) {
     let _ = f.sync_all();
 }
 
-/// `GET path` over the admin unix socket; the whole response as text.
-fn admin_get(socket: &Path, path: &str) -> String {
-    use std::io::Read;
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 async fn get(port: u16, path: &str) -> (u16, String) {
     let r = client()
         .get(format!("http://127.0.0.1:{port}{path}"))

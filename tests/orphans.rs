@@ -261,13 +261,3 @@ async fn orphaned_deliveries_run_when_a_rule_of_their_name_returns() {
     assert!(target.requests().iter().all(|r| r.path == "/back"));
     assert_eq!(count(&deliveries(&config, &["list", "--dead"])), 0);
 }
-
-/// `GET path` over the admin unix socket; the whole response as text.
-fn admin_get(socket: &Path, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}

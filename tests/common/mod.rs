@@ -324,3 +324,14 @@ pub fn plugins_dir() -> PathBuf {
 pub fn plugin(name: &str) -> PathBuf {
     plugins_dir().join(format!("{}.wasm", name.replace('-', "_")))
 }
+
+/// `GET path` over an admin unix socket; the whole response (status line, headers, body) as
+/// text.
+pub fn admin_get(socket: &Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
