@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Writes the seed inputs into fuzz/corpus/{callback,config}/ (existing files are kept): the
-# callback fixtures of ../shared/fixtures as they are and signed for the fuzz checks' secret and
+# callback fixtures of tests/fixtures as they are and signed for the fuzz checks' secret and
 # clock (tests/fuzz_checks/mod.rs: SECRET, NOW_SECS), form bodies, broken bodies; the shipped
 # configs and small configs for each action kind, unit and error. Run once by hand, then
 # `cargo fuzz cmin` (see fuzz/README.md); the minimised corpora are what is committed.
 #   fuzz/seeds.sh [FIXTURES_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-fixtures=${1:-../shared/fixtures}
+fixtures=${1:-tests/fixtures}
 cb=fuzz/corpus/callback
 cfg=fuzz/corpus/config
 mkdir -p "$cb" "$cfg"
