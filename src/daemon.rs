@@ -82,8 +82,10 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
         Err(other) => DaemonError::Runtime(other),
     })?;
     app.queue.start();
+    // Reloads: file changes (watched by the reload task), SIGHUP and `POST /reload`.
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(8);
     if let Some(listener) = admin {
-        tokio::spawn(admin::serve(listener, app.clone()));
+        tokio::spawn(admin::serve(listener, app.clone(), reload_tx.clone()));
     }
     let addr = listener.local_addr().map_err(anyhow::Error::from)?;
     tracing::info!(
@@ -94,14 +96,16 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
         "zimhook listening"
     );
 
-    // Reloads: file changes and SIGHUP.
-    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(8);
     tokio::spawn(reload::run(app.clone(), path.to_path_buf(), reload_rx));
     let mut hup = signal(SignalKind::hangup()).map_err(anyhow::Error::from)?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading");
-            let _ = reload_tx.send(reload::Trigger::Signal).await;
+            let request = reload::Request {
+                trigger: reload::Trigger::Signal,
+                reply: None,
+            };
+            let _ = reload_tx.send(request).await;
         }
     });
 
@@ -110,7 +114,7 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
         tokio::spawn(systemd::watchdog(addr, every, app.actors.http.clone()));
     }
     let status_app = app.clone();
-    tokio::spawn(async move {
+    let status_ticker = tokio::spawn(async move {
         let mut tick = tokio::time::interval(STATUS_EVERY);
         loop {
             tick.tick().await;
@@ -125,6 +129,8 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = int.recv() => tracing::info!("SIGINT: stopping"),
         }
+        // From here the status says "stopping" until the final one.
+        status_ticker.abort();
         systemd::stopping();
     };
     server::serve(listener, app.clone(), shutdown).await?;
@@ -132,6 +138,11 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
     if !app.queue.shutdown(grace).await {
         tracing::warn!("deliveries still running after the grace period stay queued");
     }
-    tracing::info!("stopped");
+    let pending = app.queue.pending_len();
+    tracing::info!(pending, "stopped");
+    systemd::stopped(&format!(
+        "stopped; {pending} pending deliver{} kept in the store",
+        if pending == 1 { "y" } else { "ies" }
+    ));
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::app::App;
 use crate::config::{Action, Snapshot};
@@ -24,7 +24,22 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 pub enum Trigger {
     File,
     Signal,
+    /// `POST /reload` on the admin endpoint (`zimhook reload`, the unit's `ExecReload=`).
+    Admin,
 }
+
+/// A reload asked for by SIGHUP or the admin endpoint; `reply`, if any, gets the outcome.
+pub struct Request {
+    pub trigger: Trigger,
+    pub reply: Option<oneshot::Sender<Outcome>>,
+}
+
+/// What a reload did: the snapshot now live, or why the old one stays (one line per problem,
+/// `FILE:LINE:COL: message` where the config says where).
+pub type Outcome = Result<Arc<Snapshot>, String>;
+
+/// Where reloads are asked for.
+pub type Requests = mpsc::Sender<Request>;
 
 /// Builds a new snapshot from `path`, checks that nothing that cannot change live did, and
 /// swaps it in. On error the running snapshot stays.
@@ -75,7 +90,7 @@ pub async fn reload(app: &Arc<App>, path: &Path) -> Result<Arc<Snapshot>, String
 }
 
 /// Runs reloads for the daemon's lifetime: file changes (debounced) and SIGHUP.
-pub async fn run(app: Arc<App>, path: PathBuf, mut signals: mpsc::Receiver<Trigger>) {
+pub async fn run(app: Arc<App>, path: PathBuf, mut requests: mpsc::Receiver<Request>) {
     let (tx, mut files) = mpsc::channel::<()>(64);
     let interesting = Arc::new(Mutex::new(BTreeSet::new()));
     let mut watcher = match start_watcher(tx, interesting.clone()) {
@@ -90,17 +105,18 @@ pub async fn run(app: Arc<App>, path: PathBuf, mut signals: mpsc::Receiver<Trigg
         rewatch(w, &mut watched, &interesting, &path, &app.snapshot());
     }
     loop {
-        let trigger = tokio::select! {
+        let Request { trigger, reply } = tokio::select! {
             Some(()) = files.recv() => {
                 // Debounce: wait until the burst is over.
                 while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, files.recv()).await {}
-                Trigger::File
+                Request { trigger: Trigger::File, reply: None }
             }
-            Some(t) = signals.recv() => t,
+            Some(r) = requests.recv() => r,
             else => return,
         };
         systemd::reloading();
-        match reload(&app, &path).await {
+        let outcome = reload(&app, &path).await;
+        match &outcome {
             Ok(snapshot) => {
                 app.record_reload(None);
                 tracing::info!(?trigger, config_hash = %&snapshot.hash[..12], rules = snapshot.rules.len(), "config reloaded");
@@ -108,7 +124,7 @@ pub async fn run(app: Arc<App>, path: PathBuf, mut signals: mpsc::Receiver<Trigg
                     tracing::warn!("{w}");
                 }
                 if let Some(w) = watcher.as_mut() {
-                    rewatch(w, &mut watched, &interesting, &path, &snapshot);
+                    rewatch(w, &mut watched, &interesting, &path, snapshot);
                 }
             }
             Err(e) => {
@@ -120,6 +136,9 @@ pub async fn run(app: Arc<App>, path: PathBuf, mut signals: mpsc::Receiver<Trigg
             }
         }
         systemd::ready(&systemd::summary(&app));
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
+        }
     }
 }
 

@@ -212,6 +212,7 @@ mod tests {
     fn settings(secrets: &[&str]) -> VerifySettings {
         VerifySettings {
             secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
+            service_only: vec![],
             max_skew: Some(Duration::from_secs(300)),
             appids: vec![],
             insecure: false,

@@ -97,6 +97,7 @@ static FIXED: LazyLock<Fixed> = LazyLock::new(|| {
         .unwrap_or_else(|e| panic!("the route config does not load:\n{e}"));
     let plain = VerifySettings {
         secrets: vec![Secret::new(SECRET)],
+        service_only: vec![],
         max_skew: Some(MAX_SKEW),
         appids: vec![],
         insecure: false,
