@@ -281,8 +281,8 @@ pub async fn send(
             body.insert(k, v);
         }
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
+    let client = crate::act::forward::client_builder()
+        .0
         .timeout(snapshot.server.request_timeout + std::time::Duration::from_secs(5))
         .build()?;
     let response = client

@@ -19,6 +19,10 @@ const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 pub enum DaemonError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// The config asks for something this start does not have (exit 78 like a bad config:
+    /// restarting the same way will not help).
+    #[error("{0}")]
+    Setup(String),
     #[error("{0:#}")]
     Runtime(#[from] anyhow::Error),
 }
@@ -32,21 +36,27 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
     Ok(snapshot)
 }
 
+/// What to do when `server.listen = "systemd"` but no socket came with the start.
+pub const NO_SOCKET_PASSED: &str = "server.listen is \"systemd\" but no socket was passed \
+    (LISTEN_FDS is not set): zimhook.socket must be running before zimhook.service starts. \
+    Under systemd: systemctl stop zimhook; systemctl enable --now zimhook.socket; \
+    systemctl start zimhook. Without socket activation, set server.listen to an address \
+    (e.g. \"127.0.0.1:8080\")";
+
 /// Binds the configured listener.
-pub async fn bind(listen: &Listen) -> anyhow::Result<TcpListener> {
+pub async fn bind(listen: &Listen) -> Result<TcpListener, DaemonError> {
     match listen {
         Listen::Tcp(addr) => TcpListener::bind(addr)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}")),
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}").into()),
         Listen::Systemd => {
             let mut fds = listenfd::ListenFd::from_env();
-            let std = fds.take_tcp_listener(0)?.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "server.listen is \"systemd\" but no socket was passed (LISTEN_FDS)"
-                )
-            })?;
-            std.set_nonblocking(true)?;
-            Ok(TcpListener::from_std(std)?)
+            let std = fds
+                .take_tcp_listener(0)
+                .map_err(|e| DaemonError::Setup(format!("server.listen is \"systemd\": {e}")))?
+                .ok_or_else(|| DaemonError::Setup(NO_SOCKET_PASSED.into()))?;
+            std.set_nonblocking(true).map_err(anyhow::Error::from)?;
+            Ok(TcpListener::from_std(std).map_err(anyhow::Error::from)?)
         }
     }
 }

@@ -185,6 +185,10 @@ fn main() -> ExitCode {
                         }
                         cli::EXIT_CONFIG
                     }
+                    Err(e @ daemon::DaemonError::Setup(_)) => {
+                        tracing::error!("{e}");
+                        cli::EXIT_CONFIG
+                    }
                     Err(e) => {
                         tracing::error!("{e}");
                         1
