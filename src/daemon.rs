@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::app::App;
+use crate::app::{self, AssembleError};
 use crate::config::{self, ConfigError, Listen, Snapshot, StoreKind, StoreSettings};
 use crate::deliver::{MemoryStore, RedbStore, Store};
 use crate::{admin, reload, server, systemd};
@@ -87,9 +87,9 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
     let grace = snapshot.server.shutdown_grace;
     let rules = snapshot.rules.len();
     let hash = snapshot.hash[..12].to_string();
-    let app = App::new(snapshot, store).map_err(|e| match e.downcast::<ConfigError>() {
-        Ok(config) => DaemonError::Config(config),
-        Err(other) => DaemonError::Runtime(other),
+    let app = app::assemble(snapshot, store).map_err(|e| match e {
+        AssembleError::Plugins(config) => DaemonError::Config(config),
+        other => DaemonError::Runtime(other.into()),
     })?;
     app.queue.start();
     // Reloads: file changes (watched by the reload task), SIGHUP and `POST /reload`.

@@ -12,8 +12,8 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::app::App;
 use crate::config::{Action, Snapshot};
+use crate::shared::Shared;
 use crate::systemd;
 
 /// Quiet time after the last change before reloading: an editor's save is several events.
@@ -43,7 +43,7 @@ pub type Requests = mpsc::Sender<Request>;
 
 /// Builds a new snapshot from `path`, checks that nothing that cannot change live did, and
 /// swaps it in. On error the running snapshot stays.
-pub async fn reload(app: &Arc<App>, path: &Path) -> Result<Arc<Snapshot>, String> {
+pub async fn reload(app: &Arc<Shared>, path: &Path) -> Result<Arc<Snapshot>, String> {
     let path_owned = path.to_path_buf();
     let app_for_build = app.clone();
     let built = tokio::task::spawn_blocking(move || app_for_build.build_snapshot(&path_owned))
@@ -90,7 +90,7 @@ pub async fn reload(app: &Arc<App>, path: &Path) -> Result<Arc<Snapshot>, String
 }
 
 /// Runs reloads for the daemon's lifetime: file changes (debounced) and SIGHUP.
-pub async fn run(app: Arc<App>, path: PathBuf, mut requests: mpsc::Receiver<Request>) {
+pub async fn run(app: Arc<Shared>, path: PathBuf, mut requests: mpsc::Receiver<Request>) {
     let (tx, mut files) = mpsc::channel::<()>(64);
     let interesting = Arc::new(Mutex::new(BTreeSet::new()));
     let mut watcher = match start_watcher(tx, interesting.clone()) {

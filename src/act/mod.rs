@@ -1,16 +1,18 @@
 //! Running one action once, and saying how it went: [`Outcome::Ok`] (with the answer a sync
 //! rule replies with), [`Outcome::Retry`] or [`Outcome::Fail`] (permanent). Retry policy,
-//! scheduling and records belong to [`crate::deliver`], not here.
+//! scheduling and records belong to `deliver`, not here.
 
 pub mod command;
 pub mod forward;
 pub mod plugin;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::config::{Action, Rule, Snapshot};
+use crate::metrics::Metrics;
 use crate::receive::Callback;
 use crate::template::Context;
 
@@ -19,7 +21,7 @@ use crate::template::Context;
 pub const OUTPUT_CAP: usize = 64 * 1024;
 
 /// An event a plugin asked to route like a callback.
-pub use crate::plugin::Emitted;
+pub use crate::wasm::Emitted;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -82,11 +84,12 @@ impl From<Outcome> for Report {
     }
 }
 
-/// Shared by every run: the HTTP client (one connection pool) and the plugin host.
+/// Shared by every run: the HTTP client (one connection pool) and the metrics plugin calls
+/// count in. Plugins come compiled with the snapshot (`Snapshot::compiled`).
 #[derive(Clone)]
 pub struct Actors {
     pub http: reqwest::Client,
-    pub plugins: plugin::Plugins,
+    metrics: Arc<Metrics>,
 }
 
 /// One run of one rule's action for one callback.
@@ -99,15 +102,15 @@ pub struct Run<'a> {
 
 impl Run<'_> {
     pub fn context(&self) -> Context {
-        crate::route::context(self.callback, Some((&self.rule.name, self.delivery_id)))
+        crate::template::callback_context(self.callback, Some((&self.rule.name, self.delivery_id)))
     }
 }
 
 impl Actors {
-    pub fn new(plugins: plugin::Plugins) -> anyhow::Result<Self> {
+    pub fn new(metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         Ok(Actors {
             http: forward::client()?,
-            plugins,
+            metrics,
         })
     }
 
@@ -117,7 +120,7 @@ impl Actors {
         match &run.rule.action {
             Action::Command(a) => command::run(a, &run, timeout).await,
             Action::Forward(a) => forward::run(&self.http, a, &run, timeout).await,
-            Action::Plugin(a) => self.plugins.run(a, &run, timeout).await,
+            Action::Plugin(a) => plugin::run(a, &run, timeout, &self.metrics).await,
         }
     }
 }
