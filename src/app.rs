@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::act::Actors;
+use crate::act::ActionRunner;
 use crate::config::{self, ConfigError, Snapshot};
 use crate::deliver::{DeliveryQueue, Store, StoreError};
 use crate::handle;
@@ -38,13 +38,13 @@ pub fn assemble(
     let plugin_host = config::plugins::host(&snapshot.plugins)?;
     snapshot.compile_plugins(&plugin_host, None)?;
     let live = Arc::new(ArcSwap::from_pointee(snapshot));
-    let actors = Actors::new(metrics.clone())?;
+    let runner = ActionRunner::new(metrics.clone())?;
     let queue = DeliveryQueue::new(
         store,
         live.clone(),
-        actors.clone(),
+        runner.clone(),
         handle::deliveries_for_emitted,
         metrics.clone(),
     )?;
-    Ok(Shared::new(live, queue, actors, plugin_host, metrics))
+    Ok(Shared::new(live, queue, runner, plugin_host, metrics))
 }

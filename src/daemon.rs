@@ -121,7 +121,7 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
 
     systemd::ready(&systemd::summary(&app));
     if let Some(every) = systemd::watchdog_interval() {
-        tokio::spawn(systemd::watchdog(addr, every, app.actors.http.clone()));
+        tokio::spawn(systemd::watchdog(addr, every, app.runner.http.clone()));
     }
     let status_app = app.clone();
     let status_ticker = tokio::spawn(async move {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::act::Emitted;
-use crate::act::{Outcome, Run};
+use crate::act::{Inputs, Outcome};
 use crate::config::{Rule, Snapshot};
 use crate::deliver::{self, AcceptError, Accepted, Delivery, ReplayEntry};
 use crate::events::BEFORE_SEND_MSG;
@@ -219,13 +219,13 @@ async fn run_sync(
     let delivery_id = deliver::new_id();
     let work = async {
         let _permit = deliver::acquire(rule).await;
-        let run = Run {
+        let run = Inputs {
             snapshot,
             rule,
             callback,
             delivery_id: &delivery_id,
         };
-        app.actors.run(run).await
+        app.runner.run(run).await
     };
     let started = Instant::now();
     let report = match tokio::time::timeout_at(deadline.into(), work).await {

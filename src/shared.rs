@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::act::Actors;
+use crate::act::ActionRunner;
 use crate::config::{self, Snapshot};
 use crate::deliver::DeliveryQueue;
 use crate::metrics::{Gauges, Metrics};
@@ -18,7 +18,7 @@ pub struct Shared {
     /// The live config. A request loads it once and uses only that.
     pub live: Arc<ArcSwap<Snapshot>>,
     pub queue: DeliveryQueue,
-    pub actors: Actors,
+    pub runner: ActionRunner,
     /// Compiles the plugins of every new config.
     pub plugin_host: PluginHost,
     pub metrics: Arc<Metrics>,
@@ -33,14 +33,14 @@ impl Shared {
     pub fn new(
         live: Arc<ArcSwap<Snapshot>>,
         queue: DeliveryQueue,
-        actors: Actors,
+        runner: ActionRunner,
         plugin_host: PluginHost,
         metrics: Arc<Metrics>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
             live,
             queue,
-            actors,
+            runner,
             plugin_host,
             metrics,
             ready: AtomicBool::new(true),

@@ -84,38 +84,41 @@ impl From<Outcome> for Report {
     }
 }
 
-/// Shared by every run: the HTTP client (one connection pool) and the metrics plugin calls
-/// count in. Plugins come compiled with the snapshot (`Snapshot::compiled`).
+/// Runs rules' actions: one for the daemon, shared by the callback path (sync rules) and the
+/// delivery workers. Holds what every run shares: the HTTP client (one connection pool) and
+/// the metrics plugin calls count in. Plugins come compiled with the snapshot
+/// (`Snapshot::compiled`).
 #[derive(Clone)]
-pub struct Actors {
+pub struct ActionRunner {
     pub http: reqwest::Client,
     metrics: Arc<Metrics>,
 }
 
-/// One run of one rule's action for one callback.
-pub struct Run<'a> {
+/// What one run of one rule's action gets: the config it runs under, the rule, the callback and
+/// the delivery id (stable across retries).
+pub struct Inputs<'a> {
     pub snapshot: &'a Snapshot,
     pub rule: &'a Rule,
     pub callback: &'a Callback,
     pub delivery_id: &'a str,
 }
 
-impl Run<'_> {
+impl Inputs<'_> {
     pub fn context(&self) -> Context {
         crate::template::callback_context(self.callback, Some((&self.rule.name, self.delivery_id)))
     }
 }
 
-impl Actors {
+impl ActionRunner {
     pub fn new(metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        Ok(Actors {
+        Ok(ActionRunner {
             http: forward::client()?,
             metrics,
         })
     }
 
     /// Runs the rule's action once, within the rule's timeout.
-    pub async fn run(&self, run: Run<'_>) -> Report {
+    pub async fn run(&self, run: Inputs<'_>) -> Report {
         let timeout = run.rule.timeout;
         match &run.rule.action {
             Action::Command(a) => command::run(a, &run, timeout).await,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::Instrument;
 
-use super::{Outcome, Report, Run};
+use super::{Inputs, Outcome, Report};
 use crate::config::PluginAction;
 use crate::metrics::Metrics;
 use crate::wasm::{CallLimits, PluginEvent};
@@ -18,7 +18,7 @@ use crate::wasm::{CallLimits, PluginEvent};
 /// One call of the rule's plugin (from the snapshot's catalog) for the run's callback.
 pub async fn run(
     action: &PluginAction,
-    run: &Run<'_>,
+    run: &Inputs<'_>,
     timeout: Duration,
     metrics: &Metrics,
 ) -> Report {

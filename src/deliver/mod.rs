@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::act::{Actors, Emitted, Outcome, Run};
+use crate::act::{ActionRunner, Emitted, Inputs, Outcome};
 use crate::config::{RetryPolicy, Rule, Snapshot};
 use crate::metrics::Metrics;
 use crate::receive::Callback;
@@ -156,7 +156,7 @@ struct Inner {
     sched: Mutex<Sched>,
     wake: Notify,
     live: Arc<ArcSwap<Snapshot>>,
-    actors: Actors,
+    runner: ActionRunner,
     route_emitted: RouteEmitted,
     workers: Arc<Semaphore>,
     max_queued: usize,
@@ -168,11 +168,11 @@ struct Inner {
 impl DeliveryQueue {
     /// Opens the queue on `store`, resuming every pending delivery it holds (deliveries that
     /// were running when the daemon stopped are due again: at-least-once). Runs actions with
-    /// `actors`; what plugins emit becomes deliveries through `route_emitted`.
+    /// `runner`; what plugins emit becomes deliveries through `route_emitted`.
     pub fn new(
         store: Arc<dyn Store>,
         live: Arc<ArcSwap<Snapshot>>,
-        actors: Actors,
+        runner: ActionRunner,
         route_emitted: RouteEmitted,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
@@ -191,7 +191,7 @@ impl DeliveryQueue {
             workers: Arc::new(Semaphore::new(snapshot.store.workers)),
             max_queued: snapshot.store.max_queued as usize,
             live,
-            actors,
+            runner,
             route_emitted,
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -274,7 +274,7 @@ impl DeliveryQueue {
         let ticket = self
             .inner
             .store
-            .accept_queued(replay.as_ref(), &deliveries, now_ms());
+            .accept_async(replay.as_ref(), &deliveries, now_ms());
         let queue = self.clone();
         let snapshot = snapshot.clone();
         let committed = tokio::spawn(async move {
@@ -553,13 +553,13 @@ impl DeliveryQueue {
         let at_ms = now_ms();
         let report = match d.callback() {
             Ok(callback) => {
-                let run = Run {
+                let run = Inputs {
                     snapshot: &snapshot,
                     rule: &rule,
                     callback: &callback,
                     delivery_id: &d.id,
                 };
-                self.inner.actors.run(run).await
+                self.inner.runner.run(run).await
             }
             Err(e) => Outcome::fail(format!("stored body cannot be decoded: {e}")).into(),
         };
@@ -618,7 +618,7 @@ impl DeliveryQueue {
                     "delivered"
                 );
                 self.inner.sched.lock().expect("sched lock").remove(&d.id);
-                if let Err(e) = self.inner.store.remove_queued(&d.id).await {
+                if let Err(e) = self.inner.store.remove_async(&d.id).await {
                     tracing::error!(error = %e, "delivered, but removing it from the store failed; it may run again");
                 }
             }
@@ -641,7 +641,7 @@ impl DeliveryQueue {
     }
 
     async fn persist(&self, d: Delivery) {
-        if let Err(e) = self.inner.store.save_queued(&d).await {
+        if let Err(e) = self.inner.store.save_async(&d).await {
             tracing::error!(delivery_id = %d.id, error = %e, "saving delivery state failed");
         }
     }
