@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::act::ActionRunner;
-use crate::config::{self, Snapshot};
+use crate::config::{self, ConfigError, Snapshot};
 use crate::deliver::DeliveryQueue;
 use crate::metrics::{Gauges, Metrics};
 use crate::wasm::PluginHost;
@@ -67,13 +67,10 @@ impl Shared {
     }
 
     /// Everything a new snapshot needs, built off the request path: the config parsed and
-    /// validated, its secrets resolved, its plugins compiled. Errors as `FILE:LINE:COL: message`
-    /// lines.
-    pub fn build_snapshot(&self, path: &Path) -> Result<Snapshot, String> {
-        let mut snapshot = config::load(path).map_err(|e| e.to_string())?;
-        snapshot
-            .compile_plugins(&self.plugin_host, Some(&self.snapshot()))
-            .map_err(|e| e.to_string())?;
+    /// validated, its secrets resolved, its plugins compiled.
+    pub fn build_snapshot(&self, path: &Path) -> Result<Snapshot, ConfigError> {
+        let mut snapshot = config::load(path)?;
+        snapshot.compile_plugins(&self.plugin_host, Some(&self.snapshot()))?;
         Ok(snapshot)
     }
 

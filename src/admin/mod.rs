@@ -294,8 +294,9 @@ async fn reload(reloads: &Requests) -> Response<Full<Bytes>> {
             "warnings": snapshot.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })),
         Ok(Err(e)) => {
-            let errors: Vec<&str> = e.lines().collect();
-            let body = json!({ "error": errors.first().copied().unwrap_or(""), "errors": errors });
+            let errors = e.lines();
+            let body =
+                json!({ "error": errors.first().cloned().unwrap_or_default(), "errors": errors });
             let mut res = ok_json(&body);
             *res.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
             res
