@@ -17,7 +17,7 @@
 //! - [`handle`]: the steps of one callback, in order, and the reply it gets.
 //! - [`receive`]: body decoding (JSON or form) into a [`receive::Callback`].
 //! - [`verify`]: signature, freshness, appid allow-list.
-//! - [`route`]: which rules a callback matches, and the template context they see.
+//! - [`route`]: which rules a callback matches (its template context is `template::callback_context`).
 //! - [`deliver`]: the delivery queue, its store, workers, retries and dead letters.
 //! - [`act`]: running one action once (command, forward, plugin).
 //! - [`wasm`]: the WebAssembly host (wasmtime) that plugin actions run on, and the catalog of

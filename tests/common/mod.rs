@@ -134,6 +134,34 @@ impl Daemon {
         post(&self.url("/callback"), body.into()).await
     }
 
+    /// The dead letters, oldest first.
+    pub fn dead_letters(&self) -> Vec<zimhook::deliver::Delivery> {
+        let mut dead = self.app.queue.store().dead().unwrap_or_default();
+        dead.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        dead
+    }
+
+    /// Waits (up to `timeout`) until there are `n` dead letters and returns them; panics with
+    /// what there is otherwise.
+    pub async fn wait_dead_letters(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<zimhook::deliver::Delivery> {
+        if !wait_until(timeout, || self.dead_letters().len() == n).await {
+            panic!(
+                "expected {n} dead letters within {timeout:?}, have {:?}",
+                self.dead_letters()
+            );
+        }
+        self.dead_letters()
+    }
+
+    /// Waits (up to `timeout`) until nothing is pending; false if something still is.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || self.app.queue.pending_len() == 0).await
+    }
+
     /// Stops as SIGTERM does (within the config's `shutdown_grace`).
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
