@@ -16,12 +16,7 @@ use crate::events;
 /// `needle`, found as the same occurrence of `needle` in the file's text of the TOML string
 /// (escapes change lengths, but never a template's `{{` or `{%`); the whole value where that
 /// fails.
-pub(super) fn span_in(
-    c: &Checker,
-    src: &Spanned<String>,
-    offset: usize,
-    needle: &str,
-) -> Range<usize> {
+fn span_in(c: &Checker, src: &Spanned<String>, offset: usize, needle: &str) -> Range<usize> {
     let value = src.get_ref();
     let nth = value[..offset.min(value.len())].matches(needle).count();
     let span = src.span();
