@@ -9,7 +9,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use serde_json::{Map, Value};
 
-use crate::act::plugin::Plugins;
 use crate::config::{self, AdminListen, ConfigError, Listen, Secret, Secrets};
 use crate::logging::{Priority, report};
 use crate::verify;
@@ -22,8 +21,7 @@ pub const EXIT_CONFIG: i32 = 78;
 /// noted, not an error (the unit's own `ExecStartPre=` check reads it).
 pub fn check(path: &Path) -> i32 {
     let loaded = config::load_with(path, Secrets::OutsideService).and_then(|mut snapshot| {
-        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-        let plugins = Plugins::new(&snapshot.plugins, metrics).map_err(|e| ConfigError {
+        let host = config::plugins::host(&snapshot.plugins).map_err(|e| ConfigError {
             errors: vec![config::Diagnostic {
                 file: path.to_path_buf(),
                 line: 1,
@@ -31,7 +29,7 @@ pub fn check(path: &Path) -> i32 {
                 message: format!("cannot start the plugin host: {e:#}"),
             }],
         })?;
-        plugins.compile(&mut snapshot, None)?;
+        snapshot.compile_plugins(&host, None)?;
         Ok(snapshot)
     });
     match loaded {

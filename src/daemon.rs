@@ -3,11 +3,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::app::App;
+use crate::app::{self, AssembleError};
 use crate::config::{self, ConfigError, Listen, Snapshot, StoreKind, StoreSettings};
 use crate::deliver::{MemoryStore, RedbStore, Store};
 use crate::{admin, reload, server, systemd};
@@ -87,9 +88,9 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
     let grace = snapshot.server.shutdown_grace;
     let rules = snapshot.rules.len();
     let hash = snapshot.hash[..12].to_string();
-    let app = App::new(snapshot, store).map_err(|e| match e.downcast::<ConfigError>() {
-        Ok(config) => DaemonError::Config(config),
-        Err(other) => DaemonError::Runtime(other),
+    let app = app::assemble(snapshot, store).map_err(|e| match e {
+        AssembleError::Plugins(config) => DaemonError::Config(config),
+        other => DaemonError::Runtime(other.into()),
     })?;
     app.queue.start();
     // Reloads: file changes (watched by the reload task), SIGHUP and `POST /reload`.
@@ -121,7 +122,7 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
 
     systemd::ready(&systemd::summary(&app));
     if let Some(every) = systemd::watchdog_interval() {
-        tokio::spawn(systemd::watchdog(addr, every, app.actors.http.clone()));
+        tokio::spawn(systemd::watchdog(addr, every, app.runner.http.clone()));
     }
     let status_app = app.clone();
     let status_ticker = tokio::spawn(async move {
@@ -134,18 +135,28 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
 
     let mut term = signal(SignalKind::terminate()).map_err(anyhow::Error::from)?;
     let mut int = signal(SignalKind::interrupt()).map_err(anyhow::Error::from)?;
+    // One grace for the whole stop: requests in flight and running deliveries share it (the
+    // workers keep running while connections drain), so the stop ends by signal + grace.
+    let stop_began = Arc::new(std::sync::OnceLock::new());
+    let began = stop_began.clone();
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = int.recv() => tracing::info!("SIGINT: stopping"),
         }
+        let _ = began.set(Instant::now());
         // From here the status says "stopping" until the final one.
         status_ticker.abort();
         systemd::stopping();
     };
     server::serve(listener, app.clone(), shutdown).await?;
     app.set_ready(false);
-    if !app.queue.shutdown(grace).await {
+    let deadline = *stop_began.get_or_init(Instant::now) + grace;
+    if !app
+        .queue
+        .shutdown(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
         tracing::warn!("deliveries still running after the grace period stay queued");
     }
     let pending = app.queue.pending_len();

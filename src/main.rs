@@ -39,8 +39,10 @@ enum Command {
     Run,
     /// Validate the config; exit 0 if usable, 78 if not
     Check,
-    /// Ask the running daemon to reload its config and wait: exit 0 when live, 78 when refused
-    /// (the old config keeps serving), 1 when the daemon cannot be reached
+    /// Have the running daemon reload its config; exit 0 if applied, 78 if refused
+    ///
+    /// Asks through the admin endpoint and waits for the outcome. A refused config changes
+    /// nothing: the running one keeps serving. Exit 1 when the daemon cannot be reached.
     Reload,
     /// Print the signature ZEGO would send for these values
     Sign {

@@ -12,8 +12,8 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::app::App;
-use crate::config::{Action, Snapshot};
+use crate::config::{Action, ConfigError, Snapshot};
+use crate::shared::Shared;
 use crate::systemd;
 
 /// Quiet time after the last change before reloading: an editor's save is several events.
@@ -34,21 +34,51 @@ pub struct Request {
     pub reply: Option<oneshot::Sender<Outcome>>,
 }
 
-/// What a reload did: the snapshot now live, or why the old one stays (one line per problem,
-/// `FILE:LINE:COL: message` where the config says where).
-pub type Outcome = Result<Arc<Snapshot>, String>;
+/// What a reload did: the snapshot now live, or why the old one stays.
+pub type Outcome = Result<Arc<Snapshot>, ReloadError>;
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new file is not usable: every problem, with its position.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// Settings that only a restart applies were changed.
+    #[error(
+        "{}: {} cannot change while running; restart zimhook to apply (nothing was changed)",
+        path.display(),
+        fields.join(", ")
+    )]
+    NeedsRestart {
+        path: PathBuf,
+        fields: Vec<&'static str>,
+    },
+    /// The build task itself failed (it panicked or the runtime is shutting down).
+    #[error("reload task failed: {0}")]
+    Task(String),
+}
+
+impl ReloadError {
+    /// One line per problem, `FILE:LINE:COL: message` where the config says where.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ReloadError::Config(e) => e.errors.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
 
 /// Where reloads are asked for.
 pub type Requests = mpsc::Sender<Request>;
 
 /// Builds a new snapshot from `path`, checks that nothing that cannot change live did, and
 /// swaps it in. On error the running snapshot stays.
-pub async fn reload(app: &Arc<App>, path: &Path) -> Result<Arc<Snapshot>, String> {
+pub async fn reload(app: &Arc<Shared>, path: &Path) -> Outcome {
     let path_owned = path.to_path_buf();
     let app_for_build = app.clone();
     let built = tokio::task::spawn_blocking(move || app_for_build.build_snapshot(&path_owned))
         .await
-        .map_err(|e| format!("reload task failed: {e}"))?;
+        .map_err(|e| ReloadError::Task(e.to_string()))?;
     let new = built?;
     let current = app.snapshot();
     let mut refused = Vec::new();
@@ -65,11 +95,10 @@ pub async fn reload(app: &Arc<App>, path: &Path) -> Result<Arc<Snapshot>, String
         refused.push("admin.listen");
     }
     if !refused.is_empty() {
-        return Err(format!(
-            "{}: {} cannot change while running; restart zimhook to apply (nothing was changed)",
-            path.display(),
-            refused.join(", ")
-        ));
+        return Err(ReloadError::NeedsRestart {
+            path: path.to_path_buf(),
+            fields: refused,
+        });
     }
     let new = Arc::new(new);
     app.live.store(new.clone());
@@ -90,7 +119,7 @@ pub async fn reload(app: &Arc<App>, path: &Path) -> Result<Arc<Snapshot>, String
 }
 
 /// Runs reloads for the daemon's lifetime: file changes (debounced) and SIGHUP.
-pub async fn run(app: Arc<App>, path: PathBuf, mut requests: mpsc::Receiver<Request>) {
+pub async fn run(app: Arc<Shared>, path: PathBuf, mut requests: mpsc::Receiver<Request>) {
     let (tx, mut files) = mpsc::channel::<()>(64);
     let interesting = Arc::new(Mutex::new(BTreeSet::new()));
     let mut watcher = match start_watcher(tx, interesting.clone()) {
@@ -128,9 +157,9 @@ pub async fn run(app: Arc<App>, path: PathBuf, mut requests: mpsc::Receiver<Requ
                 }
             }
             Err(e) => {
-                let first = e.lines().next().unwrap_or("").to_string();
-                app.record_reload(Some(first));
-                for line in e.lines() {
+                let lines = e.lines();
+                app.record_reload(Some(lines.first().cloned().unwrap_or_default()));
+                for line in &lines {
                     tracing::error!(?trigger, "reload failed, old config kept: {line}");
                 }
             }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::app::App;
+use crate::shared::Shared;
 
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -100,7 +100,7 @@ pub async fn watchdog(addr: SocketAddr, every: Duration, http: reqwest::Client) 
 }
 
 /// The one-line summary systemd shows in `systemctl status`.
-pub fn summary(app: &Arc<App>) -> String {
+pub fn summary(app: &Arc<Shared>) -> String {
     let s = app.snapshot();
     let mut line = format!(
         "serving {} rule{}, config {}, {} pending",

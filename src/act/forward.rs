@@ -12,7 +12,7 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 
-use super::{OUTPUT_CAP, Outcome, Report, Run};
+use super::{Inputs, OUTPUT_CAP, Outcome, Report};
 use crate::config::ForwardAction;
 use crate::template::LazyContext;
 
@@ -78,7 +78,7 @@ pub fn client() -> anyhow::Result<reqwest::Client> {
 pub async fn run(
     http: &reqwest::Client,
     action: &ForwardAction,
-    run: &Run<'_>,
+    run: &Inputs<'_>,
     timeout: Duration,
 ) -> Report {
     let make = || run.context();

@@ -41,10 +41,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::app::App;
 use crate::config::AdminListen;
 use crate::deliver::{Delivery, MoveError};
 use crate::reload::{Request as ReloadRequest, Requests, Trigger};
+use crate::shared::Shared;
 
 /// Binds the admin listener. A unix socket left by an earlier run is replaced (nothing else at
 /// that path is); the new one is readable and writable by the daemon's user only.
@@ -104,7 +104,7 @@ pub enum Listener {
 }
 
 /// Serves the admin API until the task is dropped.
-pub async fn serve(listener: Listener, app: Arc<App>, reloads: Requests) {
+pub async fn serve(listener: Listener, app: Arc<Shared>, reloads: Requests) {
     loop {
         match &listener {
             Listener::Tcp(l) => match l.accept().await {
@@ -135,7 +135,7 @@ enum Access {
 
 fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
-    app: Arc<App>,
+    app: Arc<Shared>,
     reloads: Requests,
     access: Access,
 ) {
@@ -160,7 +160,7 @@ fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     });
 }
 
-async fn respond(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(app: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
@@ -180,7 +180,7 @@ async fn respond(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>
             };
             text(
                 StatusCode::OK,
-                app.metrics.render(app, openmetrics),
+                app.metrics.render(&app.gauges(), openmetrics),
                 content_type,
             )
         }
@@ -294,8 +294,9 @@ async fn reload(reloads: &Requests) -> Response<Full<Bytes>> {
             "warnings": snapshot.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })),
         Ok(Err(e)) => {
-            let errors: Vec<&str> = e.lines().collect();
-            let body = json!({ "error": errors.first().copied().unwrap_or(""), "errors": errors });
+            let errors = e.lines();
+            let body =
+                json!({ "error": errors.first().cloned().unwrap_or_default(), "errors": errors });
             let mut res = ok_json(&body);
             *res.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
             res
@@ -307,7 +308,7 @@ async fn reload(reloads: &Requests) -> Response<Full<Bytes>> {
 /// Whether `req` carries `Authorization: Bearer <admin.token>` of the live config. The scheme is
 /// case-insensitive (RFC 7235); the token is compared in constant time, as SHA-256 digests so
 /// that not even its length shows in the timing.
-fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+fn authorized(app: &Shared, req: &Request<Incoming>) -> bool {
     let snapshot = app.snapshot();
     let Some(token) = snapshot.admin.as_ref().and_then(|a| a.token.as_ref()) else {
         // Config validation refuses a TCP admin without a token; refuse all the same.
@@ -340,7 +341,7 @@ fn unauthorized() -> Response<Full<Bytes>> {
     r
 }
 
-fn status(app: &Arc<App>) -> Response<Full<Bytes>> {
+fn status(app: &Arc<Shared>) -> Response<Full<Bytes>> {
     let s = app.snapshot();
     let dead = app.queue.store().dead().map(|d| d.len()).unwrap_or(0);
     ok_json(&json!({

@@ -5,6 +5,7 @@
 //! file, line and column) before failing. Watching the file is not this module's business.
 
 mod compile;
+pub mod plugins;
 pub mod raw;
 pub mod units;
 
@@ -81,8 +82,8 @@ pub struct Snapshot {
     pub log_level: Option<String>,
     pub rules: Vec<Arc<Rule>>,
     pub templates: Templates,
-    /// The plugins the rules name, compiled (filled by [`crate::act::plugin::Plugins::compile`]).
-    pub compiled: crate::act::plugin::Compiled,
+    /// The plugins the rules name, compiled (filled by [`Snapshot::compile_plugins`]).
+    pub compiled: crate::wasm::Catalog,
     pub warnings: Vec<Diagnostic>,
     /// What a load outside the service left unchecked (see [`Secrets::OutsideService`]).
     pub notes: Vec<Diagnostic>,
