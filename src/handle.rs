@@ -218,7 +218,7 @@ async fn run_sync(
 ) -> Result<(Option<Bytes>, Vec<deliver::Delivery>), String> {
     let delivery_id = deliver::new_id();
     let work = async {
-        let _permit = deliver::acquire(rule).await;
+        let _permit = app.queue.limits().acquire(rule).await;
         let run = Inputs {
             snapshot,
             rule,
@@ -228,7 +228,12 @@ async fn run_sync(
         app.runner.run(run).await
     };
     let started = Instant::now();
-    let report = match tokio::time::timeout_at(deadline.into(), work).await {
+    let finished = tokio::time::timeout_at(deadline.into(), work).await;
+    if rule.concurrency.is_some() {
+        // The permit is back: queued deliveries of the rule may start now.
+        app.queue.wake();
+    }
+    let report = match finished {
         Ok(r) => r,
         Err(_) => {
             app.metrics

@@ -38,6 +38,8 @@
 //! `config`, `verify`/`route`, `act`, `deliver`, `handle` and the listeners up to `app` and
 //! `daemon`; `tests/structure.rs` keeps it so.
 #![forbid(unsafe_code)]
+// No function over 120 lines (clippy.toml): a step should be readable without the others.
+#![warn(clippy::too_many_lines)]
 
 pub mod act;
 pub mod admin;

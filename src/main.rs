@@ -1,5 +1,6 @@
 //! The `zimhook` binary: command line, logging, exit codes. Everything else is in the library.
 #![forbid(unsafe_code)]
+#![warn(clippy::too_many_lines)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -425,3 +425,48 @@ command = ["sh", "-c", "echo start >> log.txt; sleep 0.1; echo end >> log.txt"]
     }
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_holds_across_a_reload() {
+    let rule = |comment: &str| {
+        format!(
+            r#"{}
+[[rule]]
+# {comment}
+name = "one-at-a-time"
+events = ["call_timeout"]
+concurrency = 1
+workdir = "{{dir}}"
+command = ["sh", "-c", "echo start >> log.txt; sleep 1; echo end >> log.txt"]
+"#,
+            verify_section()
+        )
+    };
+    let d = Daemon::start(&rule("first")).await;
+    let log = || std::fs::read_to_string(d.path("log.txt")).unwrap_or_default();
+    let body = sign(event("call_timeout", json!({"call_id": "c0"})));
+    assert_eq!(d.post(to_body(&body)).await.0, 200);
+    assert!(wait_until(Duration::from_secs(5), || log() == "start\n").await);
+
+    // A reload while the first run goes on: the new config's rule is the same rule.
+    let text = rule("second").replace("{dir}", d.dir.path().to_str().unwrap());
+    std::fs::write(d.path("config.toml"), text).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || d
+            .app
+            .reloads_ok
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1)
+        .await,
+        "the config was not reloaded"
+    );
+    let body = sign(event("call_timeout", json!({"call_id": "c1"})));
+    assert_eq!(d.post(to_body(&body)).await.0, 200);
+    assert!(wait_until(Duration::from_secs(10), || log().lines().count() == 4).await);
+    assert_eq!(
+        log(),
+        "start\nend\nstart\nend\n",
+        "the run accepted after the reload started while the first still ran"
+    );
+    d.stop().await;
+}

@@ -82,7 +82,7 @@ command = ["sh", "-c", "echo >> queued.started; sleep 30"]
         "exited after {took:?}, before the grace of {GRACE:?} was over"
     );
     assert!(
-        took < GRACE + GRACE / 2,
+        took < GRACE * 7 / 4,
         "exited {took:?} after SIGTERM: the grace of {GRACE:?} was applied more than once\n{}",
         daemon.log()
     );

@@ -17,7 +17,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use globset::GlobSet;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 
 use crate::template::{TemplateId, Templates};
 pub use units::Secret;
@@ -204,8 +203,9 @@ pub struct Rule {
     pub fallback: Option<Bytes>,
     pub timeout: Duration,
     pub retry: RetryPolicy,
-    /// At most this many runs of the rule at once (sync and queued together).
-    pub concurrency: Option<Arc<Semaphore>>,
+    /// At most this many runs of the rule at once (sync and queued together, counted by the
+    /// rule's name across reloads: `deliver::Limits`).
+    pub concurrency: Option<usize>,
     pub order_by: Option<TemplateId>,
     pub action: Action,
 }

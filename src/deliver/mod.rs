@@ -7,6 +7,7 @@
 //! concurrency, `order_by` chains); the store is the truth it is rebuilt from on start.
 
 pub mod claims;
+pub mod limits;
 pub mod redb_store;
 mod sched;
 pub mod store;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -28,6 +29,7 @@ use crate::config::{RetryPolicy, Rule, Snapshot};
 use crate::metrics::Metrics;
 use crate::receive::Callback;
 pub use claims::{Claim, Claims};
+pub use limits::{Limits, Permit};
 pub use redb_store::RedbStore;
 use sched::{AcceptedUnder, Sched};
 pub use store::{Accepted, MemoryStore, ReplayEntry, Seen, Store, StoreError};
@@ -153,6 +155,7 @@ pub struct DeliveryQueue {
 struct Inner {
     store: Arc<dyn Store>,
     claims: Arc<Claims>,
+    limits: Limits,
     sched: Mutex<Sched>,
     wake: Notify,
     live: Arc<ArcSwap<Snapshot>>,
@@ -169,6 +172,11 @@ impl DeliveryQueue {
     /// Opens the queue on `store`, resuming every pending delivery it holds (deliveries that
     /// were running when the daemon stopped are due again: at-least-once). Runs actions with
     /// `runner`; what plugins emit becomes deliveries through `route_emitted`.
+    /// The per-rule `concurrency` counts: sync runs take their permit here too.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
     pub fn new(
         store: Arc<dyn Store>,
         live: Arc<ArcSwap<Snapshot>>,
@@ -186,6 +194,7 @@ impl DeliveryQueue {
         let inner = Inner {
             store,
             claims: Claims::new(),
+            limits: Limits::default(),
             sched: Mutex::new(sched),
             wake: Notify::new(),
             workers: Arc::new(Semaphore::new(snapshot.store.workers)),
@@ -483,7 +492,7 @@ impl DeliveryQueue {
         {
             let mut s = self.inner.sched.lock().expect("sched lock");
             let mut free = self.inner.workers.available_permits();
-            let mut chosen: Vec<(String, AcceptedUnder, Option<OwnedSemaphorePermit>)> = Vec::new();
+            let mut chosen: Vec<(String, AcceptedUnder, Option<Permit>)> = Vec::new();
             let mut orphans = Vec::new();
             let mut saturated: HashSet<&str> = HashSet::new();
             for (due, _, id) in &s.by_due {
@@ -504,15 +513,9 @@ impl DeliveryQueue {
                 if saturated.contains(rule.name.as_str()) {
                     continue;
                 }
-                let rule_permit = match &rule.concurrency {
-                    Some(sem) => match sem.clone().try_acquire_owned() {
-                        Ok(p) => Some(p),
-                        Err(_) => {
-                            saturated.insert(item.delivery.rule.as_str());
-                            continue;
-                        }
-                    },
-                    None => None,
+                let Ok(rule_permit) = self.inner.limits.try_acquire(&rule) else {
+                    saturated.insert(item.delivery.rule.as_str());
+                    continue;
                 };
                 free -= 1;
                 chosen.push((id.clone(), (snapshot, rule), rule_permit));
@@ -667,15 +670,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError(format!("store task failed: {e}")))?
-}
-
-/// A permit for one run of `rule` under its `concurrency` (none if unlimited); sync runs wait
-/// for it, the scheduler only takes free ones.
-pub async fn acquire(rule: &Rule) -> Option<OwnedSemaphorePermit> {
-    match &rule.concurrency {
-        Some(sem) => sem.clone().acquire_owned().await.ok(),
-        None => None,
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! (sync or queued, retries, timeout, concurrency, order).
 
 use std::ops::Range;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -262,7 +261,7 @@ impl<'x> RuleCompiler<'x, '_> {
     }
 
     /// `concurrency`: at least 1.
-    fn concurrency(&mut self) -> Option<Arc<tokio::sync::Semaphore>> {
+    fn concurrency(&mut self) -> Option<usize> {
         let n = self.raw.concurrency.as_ref()?;
         if *n.get_ref() == 0 {
             self.c.error(
@@ -271,7 +270,7 @@ impl<'x> RuleCompiler<'x, '_> {
             );
             None
         } else {
-            Some(Arc::new(tokio::sync::Semaphore::new(*n.get_ref() as usize)))
+            Some(*n.get_ref() as usize)
         }
     }
 
