@@ -22,8 +22,8 @@ use std::os::unix::process::CommandExt;
 const BIN: &str = env!("CARGO_BIN_EXE_zimhook");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const DEFAULT_BASE: &str = "/var/cache/zimhook-ci/bookworm";
-/// The whole run, boot to teardown; the script itself takes about a minute plus its 40 s
-/// watchdog wait.
+/// The whole run, boot to teardown (`$ZIMHOOK_SYSTEMD_TEST_TIMEOUT` seconds overrides it); the
+/// script itself takes about a minute plus its 40 s watchdog wait.
 const TIMEOUT: Duration = Duration::from_secs(300);
 /// After SIGTERM, how long the script gets to stop the container before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(30);
@@ -64,6 +64,20 @@ fn cannot_run() -> Option<String> {
     None
 }
 
+/// SIGKILL to the container's PID 1 (the pid boot-test.sh wrote), if it still runs systemd.
+fn kill_container(leader_file: &Path) {
+    let Some(pid) = std::fs::read_to_string(leader_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() == "systemd" {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
 #[test]
 fn zimhook_service_under_systemd_in_nspawn() {
     if let Some(why) = cannot_run() {
@@ -76,6 +90,10 @@ fn zimhook_service_under_systemd_in_nspawn() {
 
     let root = Path::new(ROOT);
     let script = root.join("tests/systemd/boot-test.sh");
+    let leader_file = std::env::temp_dir().join(format!(
+        "zimhook-systemd-boot-{}.leader",
+        std::process::id()
+    ));
     // stderr joins stdout so that both arrive here in order; the script runs in its own process
     // group, so that a timeout can signal it together with systemd-nspawn.
     let mut child = Command::new("bash")
@@ -86,6 +104,7 @@ fn zimhook_service_under_systemd_in_nspawn() {
         .env("ZIMHOOK_DEPLOY", root.join("deploy"))
         .env("ZIMHOOK_README", root.join("README.md"))
         .env("ZIMHOOK_SYSTEMD_BASE", base_tree())
+        .env("ZIMHOOK_BOOT_TEST_LEADER_FILE", &leader_file)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .process_group(0)
@@ -94,16 +113,24 @@ fn zimhook_service_under_systemd_in_nspawn() {
     let pgid = Pid::from_raw(child.id() as i32);
 
     // The timeout: SIGTERM to the group (the script stops the container in its trap, and
-    // systemd-nspawn halts it on SIGTERM as well), SIGKILL if that does not end it.
+    // systemd-nspawn halts it on SIGTERM as well), SIGKILL if that does not end it, and then to
+    // the container's PID 1 too (it outlives a killed systemd-nspawn).
+    let timeout = std::env::var("ZIMHOOK_SYSTEMD_TEST_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(TIMEOUT);
     let (done, finished) = mpsc::channel::<()>();
+    let leader_path = leader_file.clone();
     let watchdog = std::thread::spawn(move || {
-        if finished.recv_timeout(TIMEOUT).is_ok() {
+        if finished.recv_timeout(timeout).is_ok() {
             return false;
         }
-        eprintln!("boot test: no result after {TIMEOUT:?}: stopping it");
+        eprintln!("boot test: no result after {timeout:?}: stopping it");
         let _ = killpg(pgid, Signal::SIGTERM);
         if finished.recv_timeout(TERM_GRACE).is_err() {
             let _ = killpg(pgid, Signal::SIGKILL);
+            kill_container(&leader_path);
         }
         true
     });
@@ -121,10 +148,11 @@ fn zimhook_service_under_systemd_in_nspawn() {
     let status = child.wait().expect("wait for boot-test.sh");
     let _ = done.send(());
     let timed_out = watchdog.join().expect("watchdog thread");
+    let _ = std::fs::remove_file(&leader_file);
 
     assert!(
         !timed_out,
-        "boot-test.sh did not finish within {TIMEOUT:?} and was stopped"
+        "boot-test.sh did not finish within {timeout:?} and was stopped"
     );
     assert!(
         status.success(),

@@ -16,6 +16,7 @@
 #                         (default: the repo's)
 #   ZIMHOOK_SYSTEMD_BASE  the base tree (default: /var/cache/zimhook-ci/bookworm)
 #   ZIMHOOK_WATCHDOG_WAIT seconds to watch MainPID/NRestarts (default 40; WatchdogSec=30s)
+#   ZIMHOOK_BOOT_TEST_LEADER_FILE  where to write the host pid of the container's PID 1
 #
 # Needs root and systemd-nspawn; works on a host whose PID 1 is not systemd (--register=no,
 # --keep-unit). The container has its own network namespace (--private-network), so the
@@ -121,7 +122,7 @@ stop_container() {
 }
 cleanup() {
   local rc=$?
-  trap - EXIT INT TERM HUP
+  trap - EXIT INT TERM HUP PIPE
   local t=$SECONDS
   stop_container
   rm -rf --one-file-system "$work"
@@ -130,7 +131,7 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'echo "boot-test: interrupted" >&2; exit 130' INT TERM HUP
+trap 'echo "boot-test: interrupted" >&2; exit 130' INT TERM HUP PIPE
 
 # The base is booted with --volatile=overlay: read-only below a tmpfs-backed overlayfs that
 # nspawn mounts in its own mount namespace, so every run starts from the pristine tree, writes
@@ -157,6 +158,9 @@ for _ in $(seq 200); do
   [ -n "$leader" ] && break
   sleep 0.05
 done
+# For a caller that may have to SIGKILL this script: the container outlives systemd-nspawn
+# killed with SIGKILL, but not its PID 1 killed so.
+[ -z "${ZIMHOOK_BOOT_TEST_LEADER_FILE:-}" ] || echo "$leader" >"$ZIMHOOK_BOOT_TEST_LEADER_FILE"
 if [ -z "$leader" ]; then
   tail -n 30 "$work/console.log" | indent
   step boot FAIL "systemd-nspawn did not start systemd"
