@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use zimhook::plugin::{CallLimits, HostSettings, PluginEvent, PluginHost};
+use zimhook::wasm::{CallLimits, HostSettings, PluginEvent, PluginHost};
 
 const PLUGINS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/plugins");
 

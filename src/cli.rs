@@ -1,5 +1,6 @@
-//! The commands besides the daemon: `check`, `sign` and `send`. They print for people; the
-//! daemon itself logs through `tracing`.
+//! The commands besides the daemon: `check`, `reload`, `sign` and `send`. They print for
+//! people (with syslog priorities when stderr is the journal, see [`report`]); the daemon
+//! itself logs through `tracing`. None of them needs the service's credentials.
 
 use std::io::Read;
 use std::path::Path;
@@ -8,19 +9,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use serde_json::{Map, Value};
 
-use crate::act::plugin::Plugins;
-use crate::config::{self, ConfigError, Listen};
+use crate::config::{self, AdminListen, ConfigError, Listen, Secret, Secrets};
+use crate::logging::{Priority, report};
 use crate::verify;
 
 /// Exit code for a config that cannot be used (EX_CONFIG).
 pub const EXIT_CONFIG: i32 = 78;
 
 /// `zimhook check`: prints warnings and errors (`FILE:LINE:COL: message`) to stderr, a summary
-/// to stdout; returns the exit code.
+/// to stdout; returns the exit code. Outside the service a `cred:` secret cannot be read; it is
+/// noted, not an error (the unit's own `ExecStartPre=` check reads it).
 pub fn check(path: &Path) -> i32 {
-    let loaded = config::load(path).and_then(|mut snapshot| {
-        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-        let plugins = Plugins::new(&snapshot.plugins, metrics).map_err(|e| ConfigError {
+    let loaded = config::load_with(path, Secrets::OutsideService).and_then(|mut snapshot| {
+        let host = config::plugins::host(&snapshot.plugins).map_err(|e| ConfigError {
             errors: vec![config::Diagnostic {
                 file: path.to_path_buf(),
                 line: 1,
@@ -28,65 +29,203 @@ pub fn check(path: &Path) -> i32 {
                 message: format!("cannot start the plugin host: {e:#}"),
             }],
         })?;
-        plugins.compile(&mut snapshot, None)?;
+        snapshot.compile_plugins(&host, None)?;
         Ok(snapshot)
     });
     match loaded {
         Ok(snapshot) => {
             for w in &snapshot.warnings {
-                eprintln!("{w}");
+                report(Priority::Warning, &w.to_string());
+            }
+            for n in &snapshot.notes {
+                report(Priority::Notice, &n.to_string());
             }
             println!(
                 "{}: ok: {} rule{}, {} plugin{} compiled, config hash {}",
                 path.display(),
                 snapshot.rules.len(),
-                if snapshot.rules.len() == 1 { "" } else { "s" },
+                plural(snapshot.rules.len()),
                 snapshot.compiled.len(),
-                if snapshot.compiled.len() == 1 {
-                    ""
-                } else {
-                    "s"
-                },
+                plural(snapshot.compiled.len()),
                 &snapshot.hash[..12]
             );
             0
         }
         Err(e) => {
-            eprintln!("{e}");
-            eprintln!(
-                "{}: {} error{}; config not usable",
-                path.display(),
-                e.errors.len(),
-                if e.errors.len() == 1 { "" } else { "s" }
-            );
+            refused(path, &e, "config not usable");
             EXIT_CONFIG
         }
     }
 }
 
-/// The admin endpoint (and its token) named by the config, or the exit code to stop with.
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Prints every error at error priority, then one summary line.
+fn refused(path: &Path, e: &ConfigError, outcome: &str) {
+    report(Priority::Error, &e.to_string());
+    report(
+        Priority::Error,
+        &format!(
+            "{}: {} error{}; {outcome}",
+            path.display(),
+            e.errors.len(),
+            plural(e.errors.len())
+        ),
+    );
+}
+
+/// The admin endpoint (and its token) named by the config, or the exit code to stop with. No
+/// other secret is read: a shell beside the service has no `$CREDENTIALS_DIRECTORY`.
 pub fn admin_settings(path: &Path) -> Result<config::AdminSettings, i32> {
-    match config::load(path) {
-        Ok(s) => match s.admin {
-            Some(a) => Ok(a),
-            None => {
-                eprintln!(
-                    "{}: no [admin] table: set admin.listen (e.g. \"unix:data/zimhook.sock\") to manage deliveries",
-                    path.display()
-                );
-                Err(EXIT_CONFIG)
-            }
-        },
+    admin_settings_or(path, "config not usable")
+}
+
+/// [`admin_settings`], with `outcome` said after the errors of a config that cannot be used.
+fn admin_settings_or(path: &Path, outcome: &str) -> Result<config::AdminSettings, i32> {
+    let snapshot = match config::load_with(path, Secrets::AdminOnly) {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("{e}");
+            refused(path, &e, outcome);
+            return Err(EXIT_CONFIG);
+        }
+    };
+    match snapshot.admin {
+        Some(a) if matches!(a.listen, AdminListen::Tcp(_)) && a.token.is_none() => {
+            for n in &snapshot.notes {
+                report(Priority::Error, &n.to_string());
+            }
+            report(
+                Priority::Error,
+                &format!(
+                    "{}: admin.token cannot be read here, and the TCP admin endpoint needs it: \
+                     use a token this shell can read (\"file:...\" or \"env:...\"), or a unix admin socket",
+                    path.display()
+                ),
+            );
+            Err(EXIT_CONFIG)
+        }
+        Some(a) => Ok(a),
+        None => {
+            report(
+                Priority::Error,
+                &format!(
+                    "{}: no [admin] table: set admin.listen (e.g. \"unix:data/zimhook.sock\") to reach the running daemon",
+                    path.display()
+                ),
+            );
             Err(EXIT_CONFIG)
         }
     }
 }
 
+/// `zimhook reload`: asks the running daemon (through its admin endpoint) to reload its config
+/// and waits for the outcome. The daemon does the whole check, secrets included, with what it
+/// holds; this process reads no secret but the admin token. Exit 0 when the new config is live,
+/// 78 when it was refused (every error printed; the old config keeps serving), 1 when the
+/// daemon cannot be reached.
+pub async fn reload(path: &Path) -> i32 {
+    let admin = match admin_settings_or(path, "not reloaded, the running config stays") {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let asked = crate::admin::client::request(&admin, hyper::Method::POST, "/reload");
+    let (status, value) = match tokio::time::timeout(RELOAD_WAIT, asked).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => {
+            report(Priority::Error, &format!("zimhook reload: {e:#}"));
+            return 1;
+        }
+        Err(_) => {
+            report(
+                Priority::Error,
+                &format!(
+                    "zimhook reload: no answer from the daemon within {}s",
+                    RELOAD_WAIT.as_secs()
+                ),
+            );
+            return 1;
+        }
+    };
+    let lines = |key: &str| -> Vec<String> {
+        value[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    match status.as_u16() {
+        200 => {
+            for w in lines("warnings") {
+                report(Priority::Warning, &w);
+            }
+            let hash = value["config_hash"].as_str().unwrap_or("");
+            println!(
+                "{}: reloaded: {} rule{}, config hash {}",
+                path.display(),
+                value["rules"].as_u64().unwrap_or(0),
+                plural(value["rules"].as_u64().unwrap_or(0) as usize),
+                hash.get(..12).unwrap_or(hash)
+            );
+            0
+        }
+        422 => {
+            let errors = lines("errors");
+            for e in &errors {
+                report(Priority::Error, e);
+            }
+            report(
+                Priority::Error,
+                &format!(
+                    "{}: {} error{}; reload refused, the running config stays",
+                    path.display(),
+                    errors.len(),
+                    plural(errors.len())
+                ),
+            );
+            EXIT_CONFIG
+        }
+        401 => {
+            report(
+                Priority::Error,
+                "zimhook reload: the admin endpoint refused the request (401): admin.token in this config is not the running daemon's",
+            );
+            1
+        }
+        other => {
+            let msg = value["error"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| value.to_string());
+            report(Priority::Error, &format!("zimhook reload: {other}: {msg}"));
+            1
+        }
+    }
+}
+
+/// How long `zimhook reload` waits for the daemon (compiling plugins can take a while); less
+/// than systemd's default timeout for `ExecReload=` (90 s).
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(80);
+
 /// `zimhook sign`.
 pub fn sign(secret: &str, timestamp: &str, nonce: &str) -> String {
     verify::signature(secret, timestamp, nonce)
+}
+
+/// Where `zimhook send` takes the CallbackSecret from.
+#[derive(Debug, Clone)]
+pub enum SignWith {
+    /// The config's first `verify.secrets` entry (unless the config is in insecure mode
+    /// without one: then the callback goes unsigned).
+    Config,
+    /// `--secret`.
+    Text(String),
+    /// `--secret-file`: the file's text, without the trailing newline.
+    File(std::path::PathBuf),
 }
 
 /// `zimhook send`: builds a signed callback for `event` and POSTs it. Returns the exit code.
@@ -94,10 +233,13 @@ pub async fn send(
     config_path: &Path,
     url: Option<String>,
     appid: Option<String>,
+    sign_with: SignWith,
     event: &str,
     data: Option<&str>,
 ) -> anyhow::Result<i32> {
-    let snapshot = config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snapshot = config::load_with(config_path, Secrets::OutsideService)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secret = signing_secret(&snapshot, sign_with)?;
     let fields = read_fields(data)?;
     let url = match url {
         Some(u) => u,
@@ -116,7 +258,7 @@ pub async fn send(
         .as_secs()
         .to_string();
     let nonce = rand::random::<u64>().to_string();
-    let signature = match snapshot.verify.secrets.first() {
+    let signature = match &secret {
         Some(secret) => verify::signature(secret.expose(), &timestamp, &nonce),
         None => String::new(),
     };
@@ -137,8 +279,8 @@ pub async fn send(
             body.insert(k, v);
         }
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
+    let client = crate::act::forward::client_builder()
+        .0
         .timeout(snapshot.server.request_timeout + std::time::Duration::from_secs(5))
         .build()?;
     let response = client
@@ -153,6 +295,35 @@ pub async fn send(
     println!("{}", status.as_u16());
     println!("{text}");
     Ok(if status.is_success() { 0 } else { 1 })
+}
+
+/// The secret to sign with (`None`: send unsigned, for a config in insecure mode).
+fn signing_secret(
+    snapshot: &config::Snapshot,
+    sign_with: SignWith,
+) -> anyhow::Result<Option<Secret>> {
+    let given = match sign_with {
+        // Taken as it is: no env:/file: lookup.
+        SignWith::Text(text) if text.trim().is_empty() => bail!("cannot sign: --secret is blank"),
+        SignWith::Text(text) => return Ok(Some(Secret::new(text))),
+        SignWith::File(path) => format!("file:{}", path.display()),
+        SignWith::Config => {
+            if let Some(secret) = snapshot.verify.secrets.first() {
+                return Ok(Some(secret.clone()));
+            }
+            if let Some(spec) = snapshot.verify.service_only.first() {
+                bail!(
+                    "cannot sign: verify.secrets names {spec:?}, a credential only the service can read \
+                     ($CREDENTIALS_DIRECTORY is not set here); give the secret with --secret-file FILE \
+                     (e.g. /etc/zimhook/callback-secret, the file the unit loads it from) or --secret TEXT"
+                );
+            }
+            return Ok(None);
+        }
+    };
+    config::units::resolve_secret(&given, Path::new("."))
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("cannot sign: {e}"))
 }
 
 /// The business fields: JSON text, `@FILE`, `-` (stdin), or nothing.

@@ -3,11 +3,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::app::App;
+use crate::app::{self, AssembleError};
 use crate::config::{self, ConfigError, Listen, Snapshot, StoreKind, StoreSettings};
 use crate::deliver::{MemoryStore, RedbStore, Store};
 use crate::{admin, reload, server, systemd};
@@ -19,6 +20,10 @@ const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 pub enum DaemonError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// The config asks for something this start does not have (exit 78 like a bad config:
+    /// restarting the same way will not help).
+    #[error("{0}")]
+    Setup(String),
     #[error("{0:#}")]
     Runtime(#[from] anyhow::Error),
 }
@@ -32,21 +37,27 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
     Ok(snapshot)
 }
 
+/// What to do when `server.listen = "systemd"` but no socket came with the start.
+pub const NO_SOCKET_PASSED: &str = "server.listen is \"systemd\" but no socket was passed \
+    (LISTEN_FDS is not set): zimhook.socket must be running before zimhook.service starts. \
+    Under systemd: systemctl stop zimhook; systemctl enable --now zimhook.socket; \
+    systemctl start zimhook. Without socket activation, set server.listen to an address \
+    (e.g. \"127.0.0.1:8080\")";
+
 /// Binds the configured listener.
-pub async fn bind(listen: &Listen) -> anyhow::Result<TcpListener> {
+pub async fn bind(listen: &Listen) -> Result<TcpListener, DaemonError> {
     match listen {
         Listen::Tcp(addr) => TcpListener::bind(addr)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}")),
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}").into()),
         Listen::Systemd => {
             let mut fds = listenfd::ListenFd::from_env();
-            let std = fds.take_tcp_listener(0)?.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "server.listen is \"systemd\" but no socket was passed (LISTEN_FDS)"
-                )
-            })?;
-            std.set_nonblocking(true)?;
-            Ok(TcpListener::from_std(std)?)
+            let std = fds
+                .take_tcp_listener(0)
+                .map_err(|e| DaemonError::Setup(format!("server.listen is \"systemd\": {e}")))?
+                .ok_or_else(|| DaemonError::Setup(NO_SOCKET_PASSED.into()))?;
+            std.set_nonblocking(true).map_err(anyhow::Error::from)?;
+            Ok(TcpListener::from_std(std).map_err(anyhow::Error::from)?)
         }
     }
 }
@@ -77,13 +88,15 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
     let grace = snapshot.server.shutdown_grace;
     let rules = snapshot.rules.len();
     let hash = snapshot.hash[..12].to_string();
-    let app = App::new(snapshot, store).map_err(|e| match e.downcast::<ConfigError>() {
-        Ok(config) => DaemonError::Config(config),
-        Err(other) => DaemonError::Runtime(other),
+    let app = app::assemble(snapshot, store).map_err(|e| match e {
+        AssembleError::Plugins(config) => DaemonError::Config(config),
+        other => DaemonError::Runtime(other.into()),
     })?;
     app.queue.start();
+    // Reloads: file changes (watched by the reload task), SIGHUP and `POST /reload`.
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(8);
     if let Some(listener) = admin {
-        tokio::spawn(admin::serve(listener, app.clone()));
+        tokio::spawn(admin::serve(listener, app.clone(), reload_tx.clone()));
     }
     let addr = listener.local_addr().map_err(anyhow::Error::from)?;
     tracing::info!(
@@ -94,23 +107,25 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
         "zimhook listening"
     );
 
-    // Reloads: file changes and SIGHUP.
-    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(8);
     tokio::spawn(reload::run(app.clone(), path.to_path_buf(), reload_rx));
     let mut hup = signal(SignalKind::hangup()).map_err(anyhow::Error::from)?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading");
-            let _ = reload_tx.send(reload::Trigger::Signal).await;
+            let request = reload::Request {
+                trigger: reload::Trigger::Signal,
+                reply: None,
+            };
+            let _ = reload_tx.send(request).await;
         }
     });
 
     systemd::ready(&systemd::summary(&app));
     if let Some(every) = systemd::watchdog_interval() {
-        tokio::spawn(systemd::watchdog(addr, every, app.actors.http.clone()));
+        tokio::spawn(systemd::watchdog(addr, every, app.runner.http.clone()));
     }
     let status_app = app.clone();
-    tokio::spawn(async move {
+    let status_ticker = tokio::spawn(async move {
         let mut tick = tokio::time::interval(STATUS_EVERY);
         loop {
             tick.tick().await;
@@ -120,18 +135,35 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
 
     let mut term = signal(SignalKind::terminate()).map_err(anyhow::Error::from)?;
     let mut int = signal(SignalKind::interrupt()).map_err(anyhow::Error::from)?;
+    // One grace for the whole stop: requests in flight and running deliveries share it (the
+    // workers keep running while connections drain), so the stop ends by signal + grace.
+    let stop_began = Arc::new(std::sync::OnceLock::new());
+    let began = stop_began.clone();
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = int.recv() => tracing::info!("SIGINT: stopping"),
         }
+        let _ = began.set(Instant::now());
+        // From here the status says "stopping" until the final one.
+        status_ticker.abort();
         systemd::stopping();
     };
     server::serve(listener, app.clone(), shutdown).await?;
     app.set_ready(false);
-    if !app.queue.shutdown(grace).await {
+    let deadline = *stop_began.get_or_init(Instant::now) + grace;
+    if !app
+        .queue
+        .shutdown(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
         tracing::warn!("deliveries still running after the grace period stay queued");
     }
-    tracing::info!("stopped");
+    let pending = app.queue.pending_len();
+    tracing::info!(pending, "stopped");
+    systemd::stopped(&format!(
+        "stopped; {pending} pending deliver{} kept in the store",
+        if pending == 1 { "y" } else { "ies" }
+    ));
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The steps of one callback, in order (SPEC "Receiving a callback" 2–7): decode, verify, check
 //! replay, route, run the sync rule, queue the rest durably, reply. HTTP framing (methods, paths,
-//! body limits) is [`crate::server`]'s.
+//! body limits) is `server`'s.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -8,13 +8,15 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::act::{Outcome, Run};
-use crate::app::App;
+use crate::act::Emitted;
+use crate::act::{Inputs, Outcome};
 use crate::config::{Rule, Snapshot};
-use crate::deliver::{self, AcceptError, Accepted, ReplayEntry};
+use crate::deliver::{self, AcceptError, Accepted, Delivery, ReplayEntry};
 use crate::events::BEFORE_SEND_MSG;
 use crate::receive::Callback;
 use crate::route;
+use crate::shared::Shared;
+use crate::template::callback_context;
 use crate::verify;
 
 /// What to answer.
@@ -58,7 +60,12 @@ pub fn default_reply(event: &str) -> Bytes {
 }
 
 /// Handles one callback body; `deadline` bounds the sync rule.
-pub async fn callback(app: &App, snapshot: &Arc<Snapshot>, raw: Bytes, deadline: Instant) -> Reply {
+pub async fn callback(
+    app: &Shared,
+    snapshot: &Arc<Snapshot>,
+    raw: Bytes,
+    deadline: Instant,
+) -> Reply {
     let started = Instant::now();
     let body_hash: [u8; 32] = Sha256::digest(&raw).into();
     let callback = match Callback::decode(raw) {
@@ -122,7 +129,7 @@ pub async fn callback(app: &App, snapshot: &Arc<Snapshot>, raw: Bytes, deadline:
     let plan = route::plan(snapshot, &callback, true);
     let rule_names = plan.rule_names();
     let mut answer = default_reply(&event);
-    let mut deliveries = deliver::deliveries_for(snapshot, &callback, &plan.queued, 0);
+    let mut deliveries = deliveries_for(snapshot, &callback, &plan.queued, 0);
     if let Some(rule) = &plan.sync {
         match run_sync(app, snapshot, rule, &callback, deadline).await {
             Ok((Some(a), emitted)) => {
@@ -166,7 +173,7 @@ pub async fn callback(app: &App, snapshot: &Arc<Snapshot>, raw: Bytes, deadline:
 
 /// Claims the callback's replay key, waiting (within the request's deadline) while another copy
 /// of it is being handled.
-async fn claim(app: &App, key: &[u8], deadline: Instant) -> Result<deliver::Claim, Reply> {
+async fn claim(app: &Shared, key: &[u8], deadline: Instant) -> Result<deliver::Claim, Reply> {
     loop {
         match app.queue.claims().try_claim(key.to_vec()) {
             Ok(claim) => return Ok(claim),
@@ -203,7 +210,7 @@ fn seen_reply(seen: &deliver::Seen, body_hash: &[u8; 32]) -> Reply {
 /// Runs the sync rule within its timeout and the request's deadline. Its answer must be JSON
 /// (an empty answer means the default reply).
 async fn run_sync(
-    app: &App,
+    app: &Shared,
     snapshot: &Arc<Snapshot>,
     rule: &Arc<Rule>,
     callback: &Callback,
@@ -212,13 +219,13 @@ async fn run_sync(
     let delivery_id = deliver::new_id();
     let work = async {
         let _permit = deliver::acquire(rule).await;
-        let run = Run {
+        let run = Inputs {
             snapshot,
             rule,
             callback,
             delivery_id: &delivery_id,
         };
-        app.actors.run(run).await
+        app.runner.run(run).await
     };
     let started = Instant::now();
     let report = match tokio::time::timeout_at(deadline.into(), work).await {
@@ -236,7 +243,7 @@ async fn run_sync(
     app.metrics.rule_run(&rule.name, result, started.elapsed());
     match report.outcome {
         Outcome::Ok { answer, emit } => {
-            let emitted = deliver::deliveries_for_emitted(snapshot, &emit, 1);
+            let emitted = deliveries_for_emitted(snapshot, &emit, 1);
             let answer = answer.filter(|a| !a.iter().all(u8::is_ascii_whitespace));
             if let Some(a) = &answer
                 && let Err(e) = serde_json::from_slice::<serde_json::Value>(a)
@@ -247,4 +254,74 @@ async fn run_sync(
         }
         Outcome::Retry { reason, .. } | Outcome::Fail { reason } => Err(reason),
     }
+}
+
+/// Events emitted by plugins are routed again up to this depth; deeper ones are dropped.
+pub const MAX_EMIT_DEPTH: u8 = 4;
+
+/// Builds the deliveries of `rules` (a route plan's queued rules) for one callback.
+pub fn deliveries_for(
+    snapshot: &Snapshot,
+    callback: &Callback,
+    rules: &[Arc<Rule>],
+    depth: u8,
+) -> Vec<Delivery> {
+    let body = String::from_utf8_lossy(&callback.raw).into_owned();
+    rules
+        .iter()
+        .map(|rule| {
+            let id = deliver::new_id();
+            let order_key = rule.order_by.as_ref().and_then(|t| {
+                let ctx = callback_context(callback, Some((&rule.name, &id)));
+                match snapshot.templates.render(t, &ctx) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        tracing::warn!(rule = %rule.name, error = %e, "order_by failed; delivery is not ordered");
+                        None
+                    }
+                }
+            });
+            Delivery::new(
+                id,
+                &rule.name,
+                callback.event(),
+                body.clone(),
+                order_key,
+                depth,
+            )
+        })
+        .collect()
+}
+
+/// Routes events a plugin emitted: each through the rules like a callback (no signature, sync
+/// rules queued), `depth` counting how far from the original callback it is.
+pub fn deliveries_for_emitted(
+    snapshot: &Snapshot,
+    emitted: &[Emitted],
+    depth: u8,
+) -> Vec<Delivery> {
+    if emitted.is_empty() {
+        return Vec::new();
+    }
+    if depth > MAX_EMIT_DEPTH {
+        tracing::warn!(
+            depth,
+            count = emitted.len(),
+            "emitted events dropped: depth limit {MAX_EMIT_DEPTH} reached"
+        );
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for e in emitted {
+        match Callback::emitted(&e.name, &e.payload) {
+            Ok(cb) => {
+                let plan = route::plan(snapshot, &cb, false);
+                out.extend(deliveries_for(snapshot, &cb, &plan.queued, depth));
+            }
+            Err(err) => {
+                tracing::warn!(event = %e.name, error = %err, "emitted event dropped: payload is not a JSON object")
+            }
+        }
+    }
+    out
 }

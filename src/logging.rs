@@ -34,6 +34,31 @@ pub fn init(format: LogFormat, level: &str) {
     }
 }
 
+/// How bad a line a command prints for people is, as a syslog priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Error = 3,
+    Warning = 4,
+    Notice = 5,
+    Info = 6,
+}
+
+/// Prints `text` to stderr, line by line, each prefixed with `<N>` (its syslog priority) when
+/// stderr is the journal: a command run by the unit (`ExecStartPre=`, `ExecReload=`) then
+/// logs its errors as errors, so `journalctl -p warning` shows why a start or reload was
+/// refused. On a terminal the lines are printed as they are.
+pub fn report(priority: Priority, text: &str) {
+    static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let journal = *JOURNAL.get_or_init(under_journald);
+    for line in text.lines() {
+        if journal {
+            eprintln!("<{}>{line}", priority as u8);
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
 /// stderr is the journal's stream when `JOURNAL_STREAM` names stderr's device and inode.
 fn under_journald() -> bool {
     use std::os::unix::fs::MetadataExt;

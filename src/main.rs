@@ -39,6 +39,11 @@ enum Command {
     Run,
     /// Validate the config; exit 0 if usable, 78 if not
     Check,
+    /// Have the running daemon reload its config; exit 0 if applied, 78 if refused
+    ///
+    /// Asks through the admin endpoint and waits for the outcome. A refused config changes
+    /// nothing: the running one keeps serving. Exit 1 when the daemon cannot be reached.
+    Reload,
     /// Print the signature ZEGO would send for these values
     Sign {
         #[arg(long)]
@@ -48,7 +53,6 @@ enum Command {
         #[arg(long)]
         nonce: String,
     },
-    /// Send a signed callback for EVENT (to the config's own listener unless --url)
     /// List, show, retry or drop deliveries of a running daemon (through its admin endpoint)
     Deliveries {
         #[command(subcommand)]
@@ -57,10 +61,18 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Send a signed callback for EVENT (to the config's own listener unless --url)
     Send {
         /// Where to POST (default: the config's listener and path)
         #[arg(long)]
         url: Option<String>,
+        /// Sign with this CallbackSecret (default: the config's first verify.secrets entry)
+        #[arg(long, conflicts_with = "secret_file")]
+        secret: Option<String>,
+        /// Sign with the CallbackSecret in FILE (trailing newline removed), e.g.
+        /// /etc/zimhook/callback-secret when the config's secret is a service credential
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
         /// appid to send (default: the config's first allowed appid, else "1")
         #[arg(long)]
         appid: Option<String>,
@@ -106,6 +118,7 @@ fn main() -> ExitCode {
     let path = config::resolve_path(args.config.clone());
     let code = match args.command.unwrap_or(Command::Run) {
         Command::Check => cli::check(&path),
+        Command::Reload => runtime().block_on(cli::reload(&path)),
         Command::Sign {
             secret,
             timestamp,
@@ -116,14 +129,21 @@ fn main() -> ExitCode {
         }
         Command::Send {
             url,
+            secret,
+            secret_file,
             appid,
             event,
             data,
         } => runtime().block_on(async {
-            match cli::send(&path, url, appid, &event, data.as_deref()).await {
+            let sign_with = match (secret, secret_file) {
+                (Some(text), _) => cli::SignWith::Text(text),
+                (None, Some(file)) => cli::SignWith::File(file),
+                (None, None) => cli::SignWith::Config,
+            };
+            match cli::send(&path, url, appid, sign_with, &event, data.as_deref()).await {
                 Ok(code) => code,
                 Err(e) => {
-                    eprintln!("zimhook send: {e:#}");
+                    logging::report(logging::Priority::Error, &format!("zimhook send: {e:#}"));
                     1
                 }
             }
@@ -146,7 +166,10 @@ fn main() -> ExitCode {
                 Ok(settings) => match admin::client::run(&settings, command, json).await {
                     Ok(code) => code,
                     Err(e) => {
-                        eprintln!("zimhook deliveries: {e:#}");
+                        logging::report(
+                            logging::Priority::Error,
+                            &format!("zimhook deliveries: {e:#}"),
+                        );
                         1
                     }
                 },
@@ -162,6 +185,10 @@ fn main() -> ExitCode {
                         for d in &e.errors {
                             tracing::error!("{d}");
                         }
+                        cli::EXIT_CONFIG
+                    }
+                    Err(e @ daemon::DaemonError::Setup(_)) => {
+                        tracing::error!("{e}");
                         cli::EXIT_CONFIG
                     }
                     Err(e) => {

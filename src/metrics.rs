@@ -2,7 +2,6 @@
 //! reply a callback got, each rule run, each reload; queue depth and dead letters are read at
 //! scrape time.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,7 +11,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::app::App;
 use crate::config::Snapshot;
 use crate::events;
 
@@ -56,6 +54,18 @@ struct ConfigLabels {
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~100 s
     Histogram::new(exponential_buckets(0.0001, 2.5, 16))
+}
+
+/// What `/metrics` reports as it is at the moment of the scrape.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    pub pending: usize,
+    pub orphaned: usize,
+    /// `None` when the store cannot say (the gauge keeps its last value).
+    pub dead: Option<usize>,
+    pub store_up: bool,
+    /// The live config's hash.
+    pub config_hash: String,
 }
 
 /// Every metric zimhook exports.
@@ -222,19 +232,19 @@ impl Metrics {
     }
 
     /// The text to serve at `/metrics`: OpenMetrics when the scraper asks for it (Prometheus
-    /// does), else the classic Prometheus text format (curl, promtool).
-    pub fn render(&self, app: &Arc<App>, openmetrics: bool) -> String {
-        self.queue_depth.set(app.queue.pending_len() as i64);
-        self.orphaned.set(app.queue.orphaned_len() as i64);
-        if let Ok(dead) = app.queue.store().dead() {
-            self.dead_letters.set(dead.len() as i64);
+    /// does), else the classic Prometheus text format (curl, promtool). `now` are the gauges
+    /// read at this moment.
+    pub fn render(&self, now: &Gauges, openmetrics: bool) -> String {
+        self.queue_depth.set(now.pending as i64);
+        self.orphaned.set(now.orphaned as i64);
+        if let Some(dead) = now.dead {
+            self.dead_letters.set(dead as i64);
         }
-        self.store_up
-            .set(i64::from(app.queue.store().health().is_ok()));
+        self.store_up.set(i64::from(now.store_up));
         self.config.clear();
         self.config
             .get_or_create(&ConfigLabels {
-                hash: app.snapshot().hash.clone(),
+                hash: now.config_hash.clone(),
             })
             .set(1);
         let mut out = String::new();

@@ -1,7 +1,7 @@
 //! Decoding a request body into a [`Callback`]: a JSON object, or else a form-urlencoded body
 //! (ZEGO's "POST/FORM" option), decided by content since ZEGO documents no Content-Type.
 //! Numbers keep their exact digits; the raw bytes are kept for forwarding unchanged.
-//! Secrets and signatures are not this module's business: see [`crate::verify`].
+//! Secrets and signatures are not this module's business: see `verify`.
 
 use bytes::Bytes;
 use serde_json::{Map, Value};

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::app::App;
-use crate::config::{Action, Snapshot};
+use crate::config::{Action, ConfigError, Snapshot};
+use crate::shared::Shared;
 use crate::systemd;
 
 /// Quiet time after the last change before reloading: an editor's save is several events.
@@ -24,16 +24,61 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 pub enum Trigger {
     File,
     Signal,
+    /// `POST /reload` on the admin endpoint (`zimhook reload`, the unit's `ExecReload=`).
+    Admin,
 }
+
+/// A reload asked for by SIGHUP or the admin endpoint; `reply`, if any, gets the outcome.
+pub struct Request {
+    pub trigger: Trigger,
+    pub reply: Option<oneshot::Sender<Outcome>>,
+}
+
+/// What a reload did: the snapshot now live, or why the old one stays.
+pub type Outcome = Result<Arc<Snapshot>, ReloadError>;
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new file is not usable: every problem, with its position.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// Settings that only a restart applies were changed.
+    #[error(
+        "{}: {} cannot change while running; restart zimhook to apply (nothing was changed)",
+        path.display(),
+        fields.join(", ")
+    )]
+    NeedsRestart {
+        path: PathBuf,
+        fields: Vec<&'static str>,
+    },
+    /// The build task itself failed (it panicked or the runtime is shutting down).
+    #[error("reload task failed: {0}")]
+    Task(String),
+}
+
+impl ReloadError {
+    /// One line per problem, `FILE:LINE:COL: message` where the config says where.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ReloadError::Config(e) => e.errors.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// Where reloads are asked for.
+pub type Requests = mpsc::Sender<Request>;
 
 /// Builds a new snapshot from `path`, checks that nothing that cannot change live did, and
 /// swaps it in. On error the running snapshot stays.
-pub async fn reload(app: &Arc<App>, path: &Path) -> Result<Arc<Snapshot>, String> {
+pub async fn reload(app: &Arc<Shared>, path: &Path) -> Outcome {
     let path_owned = path.to_path_buf();
     let app_for_build = app.clone();
     let built = tokio::task::spawn_blocking(move || app_for_build.build_snapshot(&path_owned))
         .await
-        .map_err(|e| format!("reload task failed: {e}"))?;
+        .map_err(|e| ReloadError::Task(e.to_string()))?;
     let new = built?;
     let current = app.snapshot();
     let mut refused = Vec::new();
@@ -50,11 +95,10 @@ pub async fn reload(app: &Arc<App>, path: &Path) -> Result<Arc<Snapshot>, String
         refused.push("admin.listen");
     }
     if !refused.is_empty() {
-        return Err(format!(
-            "{}: {} cannot change while running; restart zimhook to apply (nothing was changed)",
-            path.display(),
-            refused.join(", ")
-        ));
+        return Err(ReloadError::NeedsRestart {
+            path: path.to_path_buf(),
+            fields: refused,
+        });
     }
     let new = Arc::new(new);
     app.live.store(new.clone());
@@ -75,7 +119,7 @@ pub async fn reload(app: &Arc<App>, path: &Path) -> Result<Arc<Snapshot>, String
 }
 
 /// Runs reloads for the daemon's lifetime: file changes (debounced) and SIGHUP.
-pub async fn run(app: Arc<App>, path: PathBuf, mut signals: mpsc::Receiver<Trigger>) {
+pub async fn run(app: Arc<Shared>, path: PathBuf, mut requests: mpsc::Receiver<Request>) {
     let (tx, mut files) = mpsc::channel::<()>(64);
     let interesting = Arc::new(Mutex::new(BTreeSet::new()));
     let mut watcher = match start_watcher(tx, interesting.clone()) {
@@ -90,17 +134,18 @@ pub async fn run(app: Arc<App>, path: PathBuf, mut signals: mpsc::Receiver<Trigg
         rewatch(w, &mut watched, &interesting, &path, &app.snapshot());
     }
     loop {
-        let trigger = tokio::select! {
+        let Request { trigger, reply } = tokio::select! {
             Some(()) = files.recv() => {
                 // Debounce: wait until the burst is over.
                 while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, files.recv()).await {}
-                Trigger::File
+                Request { trigger: Trigger::File, reply: None }
             }
-            Some(t) = signals.recv() => t,
+            Some(r) = requests.recv() => r,
             else => return,
         };
         systemd::reloading();
-        match reload(&app, &path).await {
+        let outcome = reload(&app, &path).await;
+        match &outcome {
             Ok(snapshot) => {
                 app.record_reload(None);
                 tracing::info!(?trigger, config_hash = %&snapshot.hash[..12], rules = snapshot.rules.len(), "config reloaded");
@@ -108,18 +153,21 @@ pub async fn run(app: Arc<App>, path: PathBuf, mut signals: mpsc::Receiver<Trigg
                     tracing::warn!("{w}");
                 }
                 if let Some(w) = watcher.as_mut() {
-                    rewatch(w, &mut watched, &interesting, &path, &snapshot);
+                    rewatch(w, &mut watched, &interesting, &path, snapshot);
                 }
             }
             Err(e) => {
-                let first = e.lines().next().unwrap_or("").to_string();
-                app.record_reload(Some(first));
-                for line in e.lines() {
+                let lines = e.lines();
+                app.record_reload(Some(lines.first().cloned().unwrap_or_default()));
+                for line in &lines {
                     tracing::error!(?trigger, "reload failed, old config kept: {line}");
                 }
             }
         }
         systemd::ready(&systemd::summary(&app));
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::config::{Rule, Snapshot};
 use crate::receive::Callback;
-use crate::template::Context;
+use crate::template::{Context, callback_context};
 
 /// The rules one callback fires.
 #[derive(Debug, Default)]
@@ -39,7 +39,7 @@ pub fn plan(snapshot: &Snapshot, callback: &Callback, allow_sync: bool) -> Plan 
             continue;
         }
         if let Some(when) = &rule.when {
-            let ctx = ctx.get_or_insert_with(|| context(callback, None));
+            let ctx = ctx.get_or_insert_with(|| callback_context(callback, None));
             match snapshot.templates.is_true(when, ctx) {
                 Ok(true) => {}
                 Ok(false) => continue,
@@ -60,17 +60,6 @@ pub fn plan(snapshot: &Snapshot, callback: &Callback, allow_sync: bool) -> Plan 
         }
     }
     plan
-}
-
-/// The template context of a callback, for a rule and delivery when known.
-pub fn context(callback: &Callback, rule_and_delivery: Option<(&str, &str)>) -> Context {
-    Context::new(
-        &callback.object,
-        callback.event(),
-        &String::from_utf8_lossy(&callback.raw),
-        rule_and_delivery.map(|(r, _)| r),
-        rule_and_delivery.map(|(_, d)| d),
-    )
 }
 
 #[cfg(test)]

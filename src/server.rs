@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
 use crate::handle::{self, Reply};
+use crate::shared::Shared;
 
 /// HTTP/2 keep-alive: a ping after this long without a frame from the peer...
 const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
@@ -36,7 +36,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// configured grace period to finish.
 pub async fn serve(
     listener: TcpListener,
-    app: Arc<App>,
+    app: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let settings = app.snapshot().server.clone();
@@ -192,7 +192,7 @@ impl Drop for Busy {
     }
 }
 
-async fn respond(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(app: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let snapshot = app.snapshot();
     let path = req.uri().path();
     if path == snapshot.server.path {

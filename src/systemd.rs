@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::app::App;
+use crate::shared::Shared;
 
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -30,6 +30,41 @@ pub fn reloading() {
 
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+/// The last status of a process about to exit: `STATUS=line`, then a `BARRIER=1` so that
+/// systemd has read it before the process is gone (a message from a main PID that already
+/// exited is dropped, and `systemctl status` would keep showing "stopping").
+pub fn stopped(line: &str) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    send(&[NotifyState::Status(line)]);
+    if let Err(e) = barrier(Duration::from_secs(1)) {
+        tracing::debug!(error = %e, "sd_notify barrier failed");
+    }
+}
+
+/// sd_notify_barrier(3): sends `BARRIER=1` with the write end of a pipe and waits (at most
+/// `timeout`) until systemd has closed it, which it does after handling every earlier message.
+fn barrier(timeout: Duration) -> std::io::Result<()> {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let (read, write) = nix::unistd::pipe()?;
+    sd_notify::notify_with_fds(&[NotifyState::Custom("BARRIER=1")], &[write.as_fd()])?;
+    drop(write);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1];
+        let _ = tx.send(std::fs::File::from(read).read(&mut buf));
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r.map(drop),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no answer to BARRIER=1",
+        )),
+    }
 }
 
 pub fn status(line: &str) {
@@ -65,7 +100,7 @@ pub async fn watchdog(addr: SocketAddr, every: Duration, http: reqwest::Client) 
 }
 
 /// The one-line summary systemd shows in `systemctl status`.
-pub fn summary(app: &Arc<App>) -> String {
+pub fn summary(app: &Arc<Shared>) -> String {
     let s = app.snapshot();
     let mut line = format!(
         "serving {} rule{}, config {}, {} pending",

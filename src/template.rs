@@ -506,6 +506,20 @@ pub fn json_to_value(v: &serde_json::Value) -> Value {
     }
 }
 
+/// The template context of a callback, for a rule and delivery when known.
+pub fn callback_context(
+    callback: &crate::receive::Callback,
+    rule_and_delivery: Option<(&str, &str)>,
+) -> Context {
+    Context::new(
+        &callback.object,
+        callback.event(),
+        &String::from_utf8_lossy(&callback.raw),
+        rule_and_delivery.map(|(r, _)| r),
+        rule_and_delivery.map(|(_, d)| d),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

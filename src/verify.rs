@@ -1,6 +1,6 @@
 //! Is this callback from ZEGO, and fresh? Signature (constant-time, every configured secret
 //! tried), appid allow-list and timestamp skew. The replay decision uses the store's table (see
-//! [`crate::deliver::Store::check_replay`]); this module only builds its key ([`ReplayKey`]: the
+//! `deliver::Store::check_replay`); this module only builds its key ([`ReplayKey`]: the
 //! signature, the one thing the secret vouches for). HTTP is not this
 //! module's business: the caller maps a [`VerifyError`] to a status.
 
@@ -212,6 +212,7 @@ mod tests {
     fn settings(secrets: &[&str]) -> VerifySettings {
         VerifySettings {
             secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
+            service_only: vec![],
             max_skew: Some(Duration::from_secs(300)),
             appids: vec![],
             insecure: false,

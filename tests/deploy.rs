@@ -1,7 +1,8 @@
 //! The systemd files in `deploy/`: `systemd-analyze verify` accepts both units,
 //! `systemd-analyze security --offline=yes` rates the service 2.0 or lower ("OK"), the example
 //! config passes `zimhook check`, and the unit keeps what the daemon needs (no
-//! MemoryDenyWriteExecute for wasmtime's JIT, check before SIGHUP, a long enough stop timeout).
+//! MemoryDenyWriteExecute for wasmtime's JIT, reload through the daemon, a long enough stop
+//! timeout, setpriority allowed for the plugin cache's worker).
 //!
 //! The `systemd-analyze` tests pass with "skipped: systemd-analyze is not installed" where it
 //! is missing; they need no running systemd (containers, CI) and no root.
@@ -17,7 +18,7 @@ const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
 const INSTALLED_BIN: &str = "/usr/local/bin/zimhook";
 const UNITS: [&str; 2] = ["zimhook.service", "zimhook.socket"];
 /// "OK" or better in `systemd-analyze security`.
-const MAX_EXPOSURE: f64 = 2.0;
+const MAX_EXPOSURE: f64 = 1.5;
 
 /// A directory removed on drop (std only: no tempfile here).
 struct TempDir(PathBuf);
@@ -246,13 +247,27 @@ fn service_keeps_what_the_daemon_needs() {
         format!("{INSTALLED_BIN} check {config}")
     );
     assert_eq!(one("ExecStart"), format!("{INSTALLED_BIN} run {config}"));
-    // A broken config is refused before the daemon is signalled: check first, then SIGHUP.
+    // The daemon checks and applies the file with its own credentials (an ExecReload= process
+    // on systemd 252 cannot read them) and `zimhook reload` reports the outcome as its exit.
     assert_eq!(
-        s["ExecReload"],
-        [
-            format!("{INSTALLED_BIN} check {config}"),
-            "/bin/kill -HUP $MAINPID".to_string()
-        ]
+        one("ExecReload"),
+        format!("{INSTALLED_BIN} reload {config}")
+    );
+    // The plugin cache's worker thread lowers its own priority at start; without setpriority
+    // it logs a warning at every start.
+    let filters = s.get("SystemCallFilter").cloned().unwrap_or_default();
+    let allowed_at = filters
+        .iter()
+        .rposition(|f| f.split_whitespace().any(|c| c == "setpriority"));
+    let denied_at = filters.iter().rposition(|f| {
+        f.strip_prefix('~').is_some_and(|d| {
+            d.split_whitespace()
+                .any(|c| c == "@resources" || c == "setpriority")
+        })
+    });
+    assert!(
+        matches!((allowed_at, denied_at), (Some(a), d) if d.is_none_or(|d| a > d)),
+        "setpriority must be allowed after any deny list that contains it: {filters:?}"
     );
     // wasmtime's JIT writes code, then makes it executable.
     assert!(
@@ -279,10 +294,11 @@ fn service_keeps_what_the_daemon_needs() {
         }
     }
     assert_eq!(one("KillMode"), "mixed");
-    // On SIGTERM: requests get shutdown_grace (10 s), then running deliveries another 10 s.
+    // On SIGTERM: requests and running deliveries share shutdown_grace (10 s), then the store
+    // closes.
     assert!(
-        seconds(one("TimeoutStopSec")) > 2 * 10,
-        "TimeoutStopSec must exceed twice the 10 s shutdown grace"
+        seconds(one("TimeoutStopSec")) > 10 + 10,
+        "TimeoutStopSec must leave a margin over the 10 s shutdown grace"
     );
     assert_eq!(one("WatchdogSec"), "30s");
     assert_eq!(one("DynamicUser"), "yes");

@@ -467,7 +467,7 @@ forward = "{}"
     let rule = snapshot.rule("ordered").unwrap().clone();
     let mut all = Vec::with_capacity(BLOCKED);
     for _ in 0..BLOCKED {
-        all.extend(zimhook::deliver::deliveries_for(
+        all.extend(zimhook::handle::deliveries_for(
             &snapshot,
             &cb,
             std::slice::from_ref(&rule),

@@ -1,4 +1,4 @@
-//! The plugin host (`zimhook::plugin`) against real components: the example plugins and the
+//! The plugin host (`zimhook::wasm`) against real components: the example plugins and the
 //! test fixtures in `plugins/examples/` (built once per test run by `common::plugins_dir`), and
 //! small hand-written modules and components (WAT) for what must be refused.
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use zimhook::plugin::{
+use zimhook::wasm::{
     CallLimits, Emitted, HostSettings, LoadError, Plugin, PluginError, PluginEvent, PluginHost,
 };
 

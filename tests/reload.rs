@@ -315,6 +315,17 @@ async fn systemd_notifications_through_a_lifecycle() {
 
     daemon.signal(Signal::SIGTERM);
     assert!(expect_notify(&sock, "STOPPING=1", &mut seen), "{seen:?}");
+    // The last status replaces "stopping", and a barrier makes sure systemd read it before
+    // the process was gone.
+    assert!(
+        expect_notify(
+            &sock,
+            "STATUS=stopped; 0 pending deliveries kept in the store",
+            &mut seen
+        ),
+        "{seen:?}"
+    );
+    assert!(expect_notify(&sock, "BARRIER=1", &mut seen), "{seen:?}");
     assert_eq!(daemon.child.wait().unwrap().code(), Some(0));
 }
 

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 
-use super::{OUTPUT_CAP, Outcome, Report, Run};
+use super::{Inputs, OUTPUT_CAP, Outcome, Report};
 use crate::config::CommandAction;
 use crate::template::LazyContext;
 
@@ -34,7 +34,7 @@ const REAP_BOUND: Duration = Duration::from_secs(1);
 /// Variables kept from the daemon's own environment; everything else is cleared.
 const KEPT_ENV: &[&str] = &["PATH", "HOME", "LANG"];
 
-pub async fn run(action: &CommandAction, run: &Run<'_>, timeout: Duration) -> Report {
+pub async fn run(action: &CommandAction, run: &Inputs<'_>, timeout: Duration) -> Report {
     let make = || run.context();
     let ctx = LazyContext::new(&make);
     let templates = &run.snapshot.templates;

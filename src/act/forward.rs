@@ -12,7 +12,7 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 
-use super::{OUTPUT_CAP, Outcome, Report, Run};
+use super::{Inputs, OUTPUT_CAP, Outcome, Report};
 use crate::config::ForwardAction;
 use crate::template::LazyContext;
 
@@ -20,11 +20,54 @@ pub const EVENT_HEADER: &str = "x-zimhook-event";
 pub const DELIVERY_HEADER: &str = "x-zimhook-delivery";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The one client every forward shares.
-pub fn client() -> anyhow::Result<reqwest::Client> {
+/// Which certificate authorities HTTPS requests trust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsRoots {
+    /// The system's trust store (Debian: the `ca-certificates` package; or `SSL_CERT_FILE` /
+    /// `SSL_CERT_DIR`), through the platform verifier; how many certificates it has.
+    System(usize),
+    /// None found on the system: the Mozilla set built into the binary (`webpki-root-certs`),
+    /// as of this build; how many.
+    Bundled(usize),
+}
+
+impl std::fmt::Display for TlsRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsRoots::System(n) => write!(f, "the system's trust store ({n} certificates)"),
+            TlsRoots::Bundled(n) => write!(
+                f,
+                "the Mozilla roots built into zimhook ({n} certificates): the system has no trust store \
+                 (install ca-certificates, or set SSL_CERT_FILE, to use the system's)"
+            ),
+        }
+    }
+}
+
+/// An HTTP client builder whose TLS trusts the system's roots when there are any, else the
+/// bundled ones: a minimal server without `ca-certificates` still starts and forwards over
+/// HTTPS.
+pub fn client_builder() -> (reqwest::ClientBuilder, TlsRoots) {
     // Idempotent: fails only if another provider was installed first, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(reqwest::Client::builder()
+    let system = rustls_native_certs::load_native_certs().certs.len();
+    let builder = reqwest::Client::builder();
+    if system > 0 {
+        return (builder, TlsRoots::System(system));
+    }
+    let bundled: Vec<reqwest::Certificate> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .filter_map(|der| reqwest::Certificate::from_der(der).ok())
+        .collect();
+    let n = bundled.len();
+    (builder.tls_certs_only(bundled), TlsRoots::Bundled(n))
+}
+
+/// The one client every forward shares.
+pub fn client() -> anyhow::Result<reqwest::Client> {
+    let (builder, roots) = client_builder();
+    tracing::info!("HTTPS forwards trust {roots}");
+    Ok(builder
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT)
         .pool_idle_timeout(Duration::from_secs(60))
@@ -35,7 +78,7 @@ pub fn client() -> anyhow::Result<reqwest::Client> {
 pub async fn run(
     http: &reqwest::Client,
     action: &ForwardAction,
-    run: &Run<'_>,
+    run: &Inputs<'_>,
     timeout: Duration,
 ) -> Report {
     let make = || run.context();

@@ -1,16 +1,18 @@
 //! Running one action once, and saying how it went: [`Outcome::Ok`] (with the answer a sync
 //! rule replies with), [`Outcome::Retry`] or [`Outcome::Fail`] (permanent). Retry policy,
-//! scheduling and records belong to [`crate::deliver`], not here.
+//! scheduling and records belong to `deliver`, not here.
 
 pub mod command;
 pub mod forward;
 pub mod plugin;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::config::{Action, Rule, Snapshot};
+use crate::metrics::Metrics;
 use crate::receive::Callback;
 use crate::template::Context;
 
@@ -19,7 +21,7 @@ use crate::template::Context;
 pub const OUTPUT_CAP: usize = 64 * 1024;
 
 /// An event a plugin asked to route like a callback.
-pub use crate::plugin::Emitted;
+pub use crate::wasm::Emitted;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -82,42 +84,46 @@ impl From<Outcome> for Report {
     }
 }
 
-/// Shared by every run: the HTTP client (one connection pool) and the plugin host.
+/// Runs rules' actions: one for the daemon, shared by the callback path (sync rules) and the
+/// delivery workers. Holds what every run shares: the HTTP client (one connection pool) and
+/// the metrics plugin calls count in. Plugins come compiled with the snapshot
+/// (`Snapshot::compiled`).
 #[derive(Clone)]
-pub struct Actors {
+pub struct ActionRunner {
     pub http: reqwest::Client,
-    pub plugins: plugin::Plugins,
+    metrics: Arc<Metrics>,
 }
 
-/// One run of one rule's action for one callback.
-pub struct Run<'a> {
+/// What one run of one rule's action gets: the config it runs under, the rule, the callback and
+/// the delivery id (stable across retries).
+pub struct Inputs<'a> {
     pub snapshot: &'a Snapshot,
     pub rule: &'a Rule,
     pub callback: &'a Callback,
     pub delivery_id: &'a str,
 }
 
-impl Run<'_> {
+impl Inputs<'_> {
     pub fn context(&self) -> Context {
-        crate::route::context(self.callback, Some((&self.rule.name, self.delivery_id)))
+        crate::template::callback_context(self.callback, Some((&self.rule.name, self.delivery_id)))
     }
 }
 
-impl Actors {
-    pub fn new(plugins: plugin::Plugins) -> anyhow::Result<Self> {
-        Ok(Actors {
+impl ActionRunner {
+    pub fn new(metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        Ok(ActionRunner {
             http: forward::client()?,
-            plugins,
+            metrics,
         })
     }
 
     /// Runs the rule's action once, within the rule's timeout.
-    pub async fn run(&self, run: Run<'_>) -> Report {
+    pub async fn run(&self, run: Inputs<'_>) -> Report {
         let timeout = run.rule.timeout;
         match &run.rule.action {
             Action::Command(a) => command::run(a, &run, timeout).await,
             Action::Forward(a) => forward::run(&self.http, a, &run, timeout).await,
-            Action::Plugin(a) => self.plugins.run(a, &run, timeout).await,
+            Action::Plugin(a) => plugin::run(a, &run, timeout, &self.metrics).await,
         }
     }
 }

@@ -20,6 +20,7 @@
 //! | `POST /deliveries/retry-dead` | every dead letter becomes pending again |
 //! | `DELETE /deliveries/{id}` | drop a pending (not running) delivery or a dead letter |
 //! | `POST /deliveries/move?rule=OLD&to=NEW` | re-target the pending deliveries of rule OLD to live rule NEW |
+//! | `POST /reload` | reload the config now and wait: 200 with the new hash, or 422 with every error (old config kept) |
 
 pub mod client;
 
@@ -40,9 +41,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::app::App;
 use crate::config::AdminListen;
 use crate::deliver::{Delivery, MoveError};
+use crate::reload::{Request as ReloadRequest, Requests, Trigger};
+use crate::shared::Shared;
 
 /// Binds the admin listener. A unix socket left by an earlier run is replaced (nothing else at
 /// that path is); the new one is readable and writable by the daemon's user only.
@@ -102,15 +104,15 @@ pub enum Listener {
 }
 
 /// Serves the admin API until the task is dropped.
-pub async fn serve(listener: Listener, app: Arc<App>) {
+pub async fn serve(listener: Listener, app: Arc<Shared>, reloads: Requests) {
     loop {
         match &listener {
             Listener::Tcp(l) => match l.accept().await {
-                Ok((s, _)) => spawn_conn(s, app.clone(), Access::Token),
+                Ok((s, _)) => spawn_conn(s, app.clone(), reloads.clone(), Access::Token),
                 Err(e) => accept_failed(e).await,
             },
             Listener::Unix(l) => match l.accept().await {
-                Ok((s, _)) => spawn_conn(s, app.clone(), Access::FileMode),
+                Ok((s, _)) => spawn_conn(s, app.clone(), reloads.clone(), Access::FileMode),
                 Err(e) => accept_failed(e).await,
             },
         }
@@ -133,16 +135,21 @@ enum Access {
 
 fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
-    app: Arc<App>,
+    app: Arc<Shared>,
+    reloads: Requests,
     access: Access,
 ) {
     tokio::spawn(async move {
         let service = service_fn(move |req: Request<Incoming>| {
             let app = app.clone();
+            let reloads = reloads.clone();
             async move {
                 let open = req.method() == Method::GET && req.uri().path() == "/healthz";
                 if access == Access::Token && !open && !authorized(&app, &req) {
                     return Ok::<_, Infallible>(unauthorized());
+                }
+                if req.method() == Method::POST && req.uri().path() == "/reload" {
+                    return Ok(reload(&reloads).await);
                 }
                 Ok(respond(&app, req).await)
             }
@@ -153,7 +160,7 @@ fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     });
 }
 
-async fn respond(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(app: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
@@ -173,7 +180,7 @@ async fn respond(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>
             };
             text(
                 StatusCode::OK,
-                app.metrics.render(app, openmetrics),
+                app.metrics.render(&app.gauges(), openmetrics),
                 content_type,
             )
         }
@@ -268,10 +275,40 @@ async fn respond(app: &Arc<App>, req: Request<Incoming>) -> Response<Full<Bytes>
     }
 }
 
+/// `POST /reload`: reloads the config now, as SIGHUP would, and answers with the outcome: 200
+/// `{"config_hash", "rules", "warnings"}` when the new config is live, 422 `{"error",
+/// "errors"}` (one `FILE:LINE:COL: message` per problem) when the old one stays.
+async fn reload(reloads: &Requests) -> Response<Full<Bytes>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let request = ReloadRequest {
+        trigger: Trigger::Admin,
+        reply: Some(tx),
+    };
+    if reloads.send(request).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "zimhook is stopping");
+    }
+    match rx.await {
+        Ok(Ok(snapshot)) => ok_json(&json!({
+            "config_hash": snapshot.hash,
+            "rules": snapshot.rules.len(),
+            "warnings": snapshot.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })),
+        Ok(Err(e)) => {
+            let errors = e.lines();
+            let body =
+                json!({ "error": errors.first().cloned().unwrap_or_default(), "errors": errors });
+            let mut res = ok_json(&body);
+            *res.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            res
+        }
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "zimhook is stopping"),
+    }
+}
+
 /// Whether `req` carries `Authorization: Bearer <admin.token>` of the live config. The scheme is
 /// case-insensitive (RFC 7235); the token is compared in constant time, as SHA-256 digests so
 /// that not even its length shows in the timing.
-fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+fn authorized(app: &Shared, req: &Request<Incoming>) -> bool {
     let snapshot = app.snapshot();
     let Some(token) = snapshot.admin.as_ref().and_then(|a| a.token.as_ref()) else {
         // Config validation refuses a TCP admin without a token; refuse all the same.
@@ -304,7 +341,7 @@ fn unauthorized() -> Response<Full<Bytes>> {
     r
 }
 
-fn status(app: &Arc<App>) -> Response<Full<Bytes>> {
+fn status(app: &Arc<Shared>) -> Response<Full<Bytes>> {
     let s = app.snapshot();
     let dead = app.queue.store().dead().map(|d| d.len()).unwrap_or(0);
     ok_json(&json!({

@@ -12,7 +12,7 @@ use globset::{Glob, GlobSetBuilder};
 use toml::Spanned;
 
 use super::raw::{RawAdmin, RawAppId, RawConfig, RawRetry, RawRule};
-use super::units::{parse_duration, parse_size, resolve_secret};
+use super::units::{parse_duration, parse_size, resolve_secret, service_only};
 use super::*;
 use crate::events;
 use crate::template::Escape;
@@ -45,6 +45,8 @@ struct Checker<'a> {
     text: &'a str,
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
+    notes: Vec<Diagnostic>,
+    secrets: Secrets,
 }
 
 impl Checker<'_> {
@@ -64,6 +66,34 @@ impl Checker<'_> {
     fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
         let d = self.at(span, format!("warning: {}", message.into()));
         self.warnings.push(d);
+    }
+    fn note(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let d = self.at(span, format!("note: {}", message.into()));
+        self.notes.push(d);
+    }
+
+    /// Resolves the secret at `spec` (an error under `what` if it cannot be), or `None` if this
+    /// load leaves it unread: a `cred:` reference outside the service gets a note instead.
+    fn secret(&mut self, what: &str, spec: &Spanned<String>) -> Option<Secret> {
+        if self.secrets != Secrets::All
+            && let Some(name) = service_only(spec.get_ref())
+        {
+            self.note(
+                spec.span(),
+                format!(
+                    "{what}: credential {name} is available only to the service \
+                     ($CREDENTIALS_DIRECTORY is not set here); not checked"
+                ),
+            );
+            return None;
+        }
+        match resolve_secret(spec.get_ref(), &self.base) {
+            Ok(secret) => Some(secret),
+            Err(e) => {
+                self.error(spec.span(), format!("{what}: {e}"));
+                None
+            }
+        }
     }
 
     /// Parses an optional spanned duration, recording an error (and using `default`) if bad.
@@ -85,7 +115,12 @@ impl Checker<'_> {
     }
 }
 
-pub(super) fn compile(file: &Path, text: &str, hash: String) -> Result<Snapshot, ConfigError> {
+pub(super) fn compile(
+    file: &Path,
+    text: &str,
+    hash: String,
+    secrets: Secrets,
+) -> Result<Snapshot, ConfigError> {
     let base = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -97,6 +132,8 @@ pub(super) fn compile(file: &Path, text: &str, hash: String) -> Result<Snapshot,
         text,
         errors: Vec::new(),
         warnings: Vec::new(),
+        notes: Vec::new(),
+        secrets,
     };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
@@ -212,6 +249,7 @@ pub(super) fn compile(file: &Path, text: &str, hash: String) -> Result<Snapshot,
         templates,
         compiled: Default::default(),
         warnings: c.warnings,
+        notes: c.notes,
     })
 }
 
@@ -296,16 +334,11 @@ fn admin_settings(c: &mut Checker, a: &RawAdmin) -> Option<AdminSettings> {
         );
         return None;
     };
-    let token = a
-        .token
-        .as_ref()
-        .and_then(|t| match resolve_secret(t.get_ref(), &c.base) {
-            Ok(secret) => Some(secret),
-            Err(e) => {
-                c.error(t.span(), format!("admin.token: {e}"));
-                None
-            }
-        });
+    let token = match (&listen, c.secrets) {
+        // Not checked on a unix socket, so the admin client has no use for it.
+        (AdminListen::Unix(_), Secrets::AdminOnly) => None,
+        _ => a.token.as_ref().and_then(|t| c.secret("admin.token", t)),
+    };
     match (&listen, &a.token) {
         // Anything that reaches a TCP port, a browser page included (DNS rebinding), could
         // otherwise drop and retry deliveries.
@@ -351,6 +384,7 @@ fn verify_settings(c: &mut Checker, raw: &RawConfig) -> VerifySettings {
         );
         return VerifySettings {
             secrets: vec![],
+            service_only: vec![],
             max_skew: Some(DEFAULT_MAX_SKEW),
             appids: vec![],
             insecure: false,
@@ -360,11 +394,17 @@ fn verify_settings(c: &mut Checker, raw: &RawConfig) -> VerifySettings {
     let v = v.get_ref();
     let insecure = v.insecure.as_ref().map(|i| *i.get_ref()).unwrap_or(false);
     let mut secrets = Vec::new();
-    if let Some(list) = &v.secrets {
+    let mut service_only_refs = Vec::new();
+    if let Some(list) = &v.secrets
+        && c.secrets != Secrets::AdminOnly
+    {
         for s in list.get_ref() {
-            match resolve_secret(s.get_ref(), &c.base) {
-                Ok(secret) => secrets.push(secret),
-                Err(e) => c.error(s.span(), format!("verify.secrets: {e}")),
+            match c.secret("verify.secrets", s) {
+                Some(secret) => secrets.push(secret),
+                None if service_only(s.get_ref()).is_some() => {
+                    service_only_refs.push(s.get_ref().clone());
+                }
+                None => {}
             }
         }
     }
@@ -396,6 +436,7 @@ fn verify_settings(c: &mut Checker, raw: &RawConfig) -> VerifySettings {
         .collect();
     VerifySettings {
         secrets,
+        service_only: service_only_refs,
         max_skew: (!max_skew.is_zero()).then_some(max_skew),
         appids,
         insecure,

@@ -5,6 +5,7 @@
 //! file, line and column) before failing. Watching the file is not this module's business.
 
 mod compile;
+pub mod plugins;
 pub mod raw;
 pub mod units;
 
@@ -81,9 +82,11 @@ pub struct Snapshot {
     pub log_level: Option<String>,
     pub rules: Vec<Arc<Rule>>,
     pub templates: Templates,
-    /// The plugins the rules name, compiled (filled by [`crate::act::plugin::Plugins::compile`]).
-    pub compiled: crate::act::plugin::Compiled,
+    /// The plugins the rules name, compiled (filled by [`Snapshot::compile_plugins`]).
+    pub compiled: crate::wasm::Catalog,
     pub warnings: Vec<Diagnostic>,
+    /// What a load outside the service left unchecked (see [`Secrets::OutsideService`]).
+    pub notes: Vec<Diagnostic>,
 }
 
 impl Snapshot {
@@ -130,6 +133,8 @@ pub struct AdminSettings {
 #[derive(Debug, Clone)]
 pub struct VerifySettings {
     pub secrets: Vec<Secret>,
+    /// `cred:` references left unread by a load outside the service, in file order.
+    pub service_only: Vec<String>,
     /// `None`: the freshness check is off (`max_skew = "0s"`).
     pub max_skew: Option<Duration>,
     pub appids: Vec<String>,
@@ -253,8 +258,26 @@ pub struct PluginAction {
     pub col: usize,
 }
 
-/// Reads and validates the config at `path`.
+/// Which secret references a load reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// Every one: the daemon, and `zimhook check` run by the service's unit.
+    All,
+    /// Every one but `cred:` references while `$CREDENTIALS_DIRECTORY` is not set (a shell
+    /// beside the service): those are left unread, with a note in [`Snapshot::notes`] and
+    /// their references in [`VerifySettings::service_only`].
+    OutsideService,
+    /// Only `admin.token` (outside the service, as above): the admin client needs nothing else.
+    AdminOnly,
+}
+
+/// Reads and validates the config at `path`, resolving every secret.
 pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
+    load_with(path, Secrets::All)
+}
+
+/// Reads and validates the config at `path`, resolving the secrets `secrets` says.
+pub fn load_with(path: &Path, secrets: Secrets) -> Result<Snapshot, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         errors: vec![Diagnostic {
             file: path.to_path_buf(),
@@ -263,13 +286,17 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
             message: format!("cannot read config: {e}"),
         }],
     })?;
-    load_str(path, &text)
+    load_str_with(path, &text, secrets)
 }
 
 /// Validates config text as if read from `path` (relative paths resolve against its folder).
 pub fn load_str(path: &Path, text: &str) -> Result<Snapshot, ConfigError> {
+    load_str_with(path, text, Secrets::All)
+}
+
+fn load_str_with(path: &Path, text: &str, secrets: Secrets) -> Result<Snapshot, ConfigError> {
     let hash = hex::encode(Sha256::digest(text.as_bytes()));
-    compile::compile(path, text, hash)
+    compile::compile(path, text, hash, secrets)
 }
 
 /// The config path from the command line, else `$ZIMHOOK_CONFIG`, else `./config.toml`.

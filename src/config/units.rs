@@ -43,6 +43,15 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The credential's name when `spec` is a `cred:` reference that cannot be read here: no
+/// `$CREDENTIALS_DIRECTORY`, so this process is not the service systemd loaded it for.
+pub fn service_only(spec: &str) -> Option<&str> {
+    let name = spec.strip_prefix("cred:")?;
+    std::env::var_os("CREDENTIALS_DIRECTORY")
+        .is_none()
+        .then_some(name)
+}
+
 /// Resolves a secret reference. `base` is the config file's folder (for relative `file:` paths).
 pub fn resolve_secret(spec: &str, base: &Path) -> Result<Secret, String> {
     let value = if let Some(name) = spec.strip_prefix("env:") {

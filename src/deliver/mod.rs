@@ -23,18 +23,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::act::{Actors, Emitted, Outcome, Run};
+use crate::act::{ActionRunner, Emitted, Inputs, Outcome};
 use crate::config::{RetryPolicy, Rule, Snapshot};
 use crate::metrics::Metrics;
 use crate::receive::Callback;
-use crate::route;
 pub use claims::{Claim, Claims};
 pub use redb_store::RedbStore;
 use sched::{AcceptedUnder, Sched};
 pub use store::{Accepted, MemoryStore, ReplayEntry, Seen, Store, StoreError};
 
-/// Events emitted by plugins are routed again up to this depth; deeper ones are dropped.
-pub const MAX_EMIT_DEPTH: u8 = 4;
 /// Attempts kept in a delivery's history (the newest).
 const HISTORY: usize = 10;
 
@@ -96,78 +93,37 @@ impl Delivery {
     }
 }
 
-/// Builds the deliveries of `rules` for one callback.
-pub fn deliveries_for(
-    snapshot: &Snapshot,
-    callback: &Callback,
-    rules: &[Arc<Rule>],
-    depth: u8,
-) -> Vec<Delivery> {
-    let now = now_ms();
-    let body = String::from_utf8_lossy(&callback.raw).into_owned();
-    rules
-        .iter()
-        .map(|rule| {
-            let id = new_id();
-            let order_key = rule.order_by.as_ref().and_then(|t| {
-                let ctx = route::context(callback, Some((&rule.name, &id)));
-                match snapshot.templates.render(t, &ctx) {
-                    Ok(k) => Some(k),
-                    Err(e) => {
-                        tracing::warn!(rule = %rule.name, error = %e, "order_by failed; delivery is not ordered");
-                        None
-                    }
-                }
-            });
-            Delivery {
-                id,
-                rule: rule.name.clone(),
-                event: callback.event().to_string(),
-                body: body.clone(),
-                order_key,
-                depth,
-                created_ms: now,
-                due_ms: now,
-                attempts: 0,
-                state: DeliveryState::Pending,
-                last_error: None,
-                history: Vec::new(),
-            }
-        })
-        .collect()
-}
+/// Turns the events a plugin emitted into deliveries, `depth` runs away from the original
+/// callback. Routing is not this module's business: the daemon passes the callback path's own
+/// (`handle::deliveries_for_emitted`).
+pub type RouteEmitted = fn(&Snapshot, &[Emitted], u8) -> Vec<Delivery>;
 
-/// Routes events a plugin emitted: each through the rules like a callback (no signature, sync
-/// rules queued), `depth` counting how far from the original callback it is.
-pub fn deliveries_for_emitted(
-    snapshot: &Snapshot,
-    emitted: &[Emitted],
-    depth: u8,
-) -> Vec<Delivery> {
-    if emitted.is_empty() {
-        return Vec::new();
-    }
-    if depth > MAX_EMIT_DEPTH {
-        tracing::warn!(
+impl Delivery {
+    /// A new pending delivery of `rule` for a callback with this event and body.
+    pub fn new(
+        id: String,
+        rule: &str,
+        event: &str,
+        body: String,
+        order_key: Option<String>,
+        depth: u8,
+    ) -> Delivery {
+        let now = now_ms();
+        Delivery {
+            id,
+            rule: rule.to_string(),
+            event: event.to_string(),
+            body,
+            order_key,
             depth,
-            count = emitted.len(),
-            "emitted events dropped: depth limit {MAX_EMIT_DEPTH} reached"
-        );
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for e in emitted {
-        match Callback::emitted(&e.name, &e.payload) {
-            Ok(cb) => {
-                let plan = route::plan(snapshot, &cb, false);
-                out.extend(deliveries_for(snapshot, &cb, &plan.queued, depth));
-            }
-            Err(err) => {
-                tracing::warn!(event = %e.name, error = %err, "emitted event dropped: payload is not a JSON object")
-            }
+            created_ms: now,
+            due_ms: now,
+            attempts: 0,
+            state: DeliveryState::Pending,
+            last_error: None,
+            history: Vec::new(),
         }
     }
-    out
 }
 
 /// Why `deliveries move` did nothing.
@@ -200,7 +156,8 @@ struct Inner {
     sched: Mutex<Sched>,
     wake: Notify,
     live: Arc<ArcSwap<Snapshot>>,
-    actors: Actors,
+    runner: ActionRunner,
+    route_emitted: RouteEmitted,
     workers: Arc<Semaphore>,
     max_queued: usize,
     tracker: TaskTracker,
@@ -210,11 +167,13 @@ struct Inner {
 
 impl DeliveryQueue {
     /// Opens the queue on `store`, resuming every pending delivery it holds (deliveries that
-    /// were running when the daemon stopped are due again: at-least-once).
+    /// were running when the daemon stopped are due again: at-least-once). Runs actions with
+    /// `runner`; what plugins emit becomes deliveries through `route_emitted`.
     pub fn new(
         store: Arc<dyn Store>,
         live: Arc<ArcSwap<Snapshot>>,
-        actors: Actors,
+        runner: ActionRunner,
+        route_emitted: RouteEmitted,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let snapshot = live.load();
@@ -232,7 +191,8 @@ impl DeliveryQueue {
             workers: Arc::new(Semaphore::new(snapshot.store.workers)),
             max_queued: snapshot.store.max_queued as usize,
             live,
-            actors,
+            runner,
+            route_emitted,
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
             metrics,
@@ -314,7 +274,7 @@ impl DeliveryQueue {
         let ticket = self
             .inner
             .store
-            .accept_queued(replay.as_ref(), &deliveries, now_ms());
+            .accept_async(replay.as_ref(), &deliveries, now_ms());
         let queue = self.clone();
         let snapshot = snapshot.clone();
         let committed = tokio::spawn(async move {
@@ -391,7 +351,7 @@ impl DeliveryQueue {
             d.rule = rule.name.clone();
             d.order_key = rule.order_by.as_ref().and_then(|t| {
                 let cb = d.callback().ok()?;
-                let ctx = route::context(&cb, Some((&rule.name, &d.id)));
+                let ctx = crate::template::callback_context(&cb, Some((&rule.name, &d.id)));
                 snapshot.templates.render(t, &ctx).ok()
             });
             out.push(d.id.clone());
@@ -593,13 +553,13 @@ impl DeliveryQueue {
         let at_ms = now_ms();
         let report = match d.callback() {
             Ok(callback) => {
-                let run = Run {
+                let run = Inputs {
                     snapshot: &snapshot,
                     rule: &rule,
                     callback: &callback,
                     delivery_id: &d.id,
                 };
-                self.inner.actors.run(run).await
+                self.inner.runner.run(run).await
             }
             Err(e) => Outcome::fail(format!("stored body cannot be decoded: {e}")).into(),
         };
@@ -607,7 +567,7 @@ impl DeliveryQueue {
         if let Outcome::Ok { emit, .. } = &outcome
             && !emit.is_empty()
         {
-            let next = deliveries_for_emitted(&snapshot, emit, d.depth + 1);
+            let next = (self.inner.route_emitted)(&snapshot, emit, d.depth + 1);
             if let Err(e) = self.accept(&snapshot, None, next, None).await {
                 outcome = Outcome::retry(format!("emitted events could not be queued: {e}"));
             }
@@ -658,7 +618,7 @@ impl DeliveryQueue {
                     "delivered"
                 );
                 self.inner.sched.lock().expect("sched lock").remove(&d.id);
-                if let Err(e) = self.inner.store.remove_queued(&d.id).await {
+                if let Err(e) = self.inner.store.remove_async(&d.id).await {
                     tracing::error!(error = %e, "delivered, but removing it from the store failed; it may run again");
                 }
             }
@@ -681,7 +641,7 @@ impl DeliveryQueue {
     }
 
     async fn persist(&self, d: Delivery) {
-        if let Err(e) = self.inner.store.save_queued(&d).await {
+        if let Err(e) = self.inner.store.save_async(&d).await {
             tracing::error!(delivery_id = %d.id, error = %e, "saving delivery state failed");
         }
     }

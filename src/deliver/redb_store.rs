@@ -259,7 +259,7 @@ impl Store for RedbStore {
         self.write(write).map(accepted)
     }
 
-    fn accept_queued(
+    fn accept_async(
         &self,
         replay: Option<&ReplayEntry>,
         deliveries: &[Delivery],
@@ -271,7 +271,7 @@ impl Store for RedbStore {
         }
     }
 
-    fn save_queued(&self, delivery: &Delivery) -> Ticket<()> {
+    fn save_async(&self, delivery: &Delivery) -> Ticket<()> {
         match encode_delivery(delivery) {
             Ok(json) => self.write_queued(
                 Write::Save {
@@ -286,7 +286,7 @@ impl Store for RedbStore {
         }
     }
 
-    fn remove_queued(&self, id: &str) -> Ticket<bool> {
+    fn remove_async(&self, id: &str) -> Ticket<bool> {
         self.write_queued(Write::Remove(id.to_string()), false, removed)
     }
 

@@ -78,7 +78,7 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::accept`] for async callers: the write is handed over now, its answer awaited
     /// later. A store with a writer thread of its own overrides this so that no thread waits;
     /// the default answers at once (right for a store that never blocks).
-    fn accept_queued(
+    fn accept_async(
         &self,
         replay: Option<&ReplayEntry>,
         deliveries: &[Delivery],
@@ -87,13 +87,13 @@ pub trait Store: Send + Sync + 'static {
         answered(self.accept(replay, deliveries, now_ms))
     }
 
-    /// [`Store::save`] for async callers (see [`Store::accept_queued`]).
-    fn save_queued(&self, delivery: &Delivery) -> Ticket<()> {
+    /// [`Store::save`] for async callers (see [`Store::accept_async`]).
+    fn save_async(&self, delivery: &Delivery) -> Ticket<()> {
         answered(self.save(delivery))
     }
 
-    /// [`Store::remove`] for async callers (see [`Store::accept_queued`]).
-    fn remove_queued(&self, id: &str) -> Ticket<bool> {
+    /// [`Store::remove`] for async callers (see [`Store::accept_async`]).
+    fn remove_async(&self, id: &str) -> Ticket<bool> {
         answered(self.remove(id))
     }
 }

@@ -17,8 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use zimhook::app::App;
 use zimhook::deliver::{MemoryStore, Store};
+use zimhook::shared::Shared;
 
 pub const SECRET: &str = "test-secret";
 
@@ -88,7 +88,7 @@ pub fn to_body(m: &Map<String, Value>) -> String {
 /// lives there, so relative paths in it resolve there).
 pub struct Daemon {
     pub addr: SocketAddr,
-    pub app: Arc<App>,
+    pub app: Arc<Shared>,
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -106,7 +106,7 @@ impl Daemon {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, &text).unwrap();
         let snapshot = zimhook::config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
-        let app = App::new(snapshot, store).unwrap_or_else(|e| panic!("{e}"));
+        let app = zimhook::app::assemble(snapshot, store).unwrap_or_else(|e| panic!("{e}"));
         app.queue.start();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -97,6 +97,7 @@ static FIXED: LazyLock<Fixed> = LazyLock::new(|| {
         .unwrap_or_else(|e| panic!("the route config does not load:\n{e}"));
     let plain = VerifySettings {
         secrets: vec![Secret::new(SECRET)],
+        service_only: vec![],
         max_skew: Some(MAX_SKEW),
         appids: vec![],
         insecure: false,
@@ -351,14 +352,14 @@ fn check_route(cb: &Callback) {
     // Every template of every rule that fired renders or fails cleanly.
     let fired = plan.sync.iter().chain(&plan.shadowed).chain(&plan.queued);
     for rule in fired {
-        let ctx = route::context(cb, Some((&rule.name, "fuzz-delivery-1")));
+        let ctx = zimhook::template::callback_context(cb, Some((&rule.name, "fuzz-delivery-1")));
         for id in rule_templates(rule) {
             let _ = snapshot.templates.render(id, &ctx);
         }
     }
 
     // The names templates see.
-    let ctx: Context = route::context(cb, None);
+    let ctx: Context = zimhook::template::callback_context(cb, None);
     let render = |id| {
         f.templates
             .render(id, &ctx)
@@ -480,7 +481,8 @@ fn check_snapshot(text: &str, s: &zimhook::config::Snapshot) {
             serde_json::from_slice::<Value>(fallback).expect("fallback is JSON");
         }
         let _ = rule.matches_event(SAMPLE.event());
-        let ctx = route::context(&SAMPLE, Some((&rule.name, "fuzz-delivery-1")));
+        let ctx =
+            zimhook::template::callback_context(&SAMPLE, Some((&rule.name, "fuzz-delivery-1")));
         for id in rule_templates(rule) {
             let _ = s.templates.render(id, &ctx);
         }

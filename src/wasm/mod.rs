@@ -1,9 +1,11 @@
-//! The plugin action: runs WebAssembly components of the `zimhook:plugin/handler` world
-//! (`plugins/wit/handler.wit`) with wasmtime.
+//! The WebAssembly host: runs components of the `zimhook:plugin/handler` world
+//! (`plugins/wit/handler.wit`) with wasmtime. (The `plugin` action that uses it is
+//! `act::plugin`.)
 //!
 //! This module owns the wasmtime side and nothing else: one [`PluginHost`] (one `Engine`, one
 //! epoch ticker thread, one linker) for the daemon; [`PluginHost::load`] compiles a file into a
-//! [`Plugin`] once, off the request path; [`Plugin::handle`] runs one event in a fresh instance.
+//! [`Plugin`] once, off the request path; a [`Catalog`] holds one config's compiled plugins;
+//! [`Plugin::handle`] runs one event in a fresh instance.
 //! Which rule runs which plugin, with what config and limits, and what happens to its answer
 //! and emitted events, belongs to the caller. It depends on no other zimhook module.
 //!
@@ -294,6 +296,34 @@ impl fmt::Debug for Plugin {
             .field("path", &self.inner.path)
             .field("digest", &self.inner.digest)
             .finish_non_exhaustive()
+    }
+}
+
+/// The compiled plugins one config runs, by file. Cheap to clone.
+#[derive(Default, Clone)]
+pub struct Catalog(std::collections::HashMap<PathBuf, Plugin>);
+
+impl fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl Catalog {
+    pub fn get(&self, path: &Path) -> Option<&Plugin> {
+        self.0.get(path)
+    }
+    pub fn contains(&self, path: &Path) -> bool {
+        self.0.contains_key(path)
+    }
+    pub fn insert(&mut self, path: PathBuf, plugin: Plugin) {
+        self.0.insert(path, plugin);
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
