@@ -1,16 +1,20 @@
 //! `zimhook run`: loads the config, opens the store, binds the listener, serves until SIGTERM or
 //! SIGINT, then drains.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AssembleError};
 use crate::config::{self, ConfigError, Listen, Snapshot, StoreKind, StoreSettings};
 use crate::deliver::{MemoryStore, RedbStore, Store};
+use crate::shared::Shared;
 use crate::{admin, reload, server, systemd};
 
 /// How often the systemd status line is refreshed.
@@ -77,10 +81,75 @@ pub fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
-pub async fn run(path: &Path) -> Result<(), DaemonError> {
+/// What [`start`] may be given instead of building it from the config (tests running a daemon
+/// in-process use this; `zimhook run` gives nothing).
+#[derive(Default)]
+pub struct Parts {
+    /// Instead of the store `[store]` names.
+    pub store: Option<Arc<dyn Store>>,
+    /// Instead of binding `server.listen`.
+    pub listener: Option<TcpListener>,
+}
+
+/// A daemon [`start`] started: serving until [`Daemon::stop`] is called, then draining.
+pub struct Daemon {
+    pub app: Arc<Shared>,
+    /// Where the callback listener listens.
+    pub addr: SocketAddr,
+    reloads: reload::Requests,
+    stop: CancellationToken,
+    serving: JoinHandle<Result<(), DaemonError>>,
+    /// The admin endpoint, reloads and the watchdog: ended once serving has.
+    helpers: Vec<JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Asks for a reload, as SIGHUP does.
+    pub async fn reload(&self, trigger: reload::Trigger) {
+        let request = reload::Request {
+            trigger,
+            reply: None,
+        };
+        let _ = self.reloads.send(request).await;
+    }
+
+    /// Begins the stop: no new connections; requests in flight and running deliveries get
+    /// `server.shutdown_grace` (once, shared); what is unfinished stays queued.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits until the daemon has stopped (after [`Daemon::stop`]); then nothing of it runs
+    /// and it holds nothing (the store is closed once the last handle to it is dropped).
+    pub async fn stopped(self) -> Result<(), DaemonError> {
+        let result = match self.serving.await {
+            Ok(result) => result,
+            Err(e) => Err(DaemonError::Runtime(anyhow::anyhow!(
+                "daemon task failed: {e}"
+            ))),
+        };
+        for helper in self.helpers {
+            helper.abort();
+            let _ = helper.await;
+        }
+        result
+    }
+}
+
+/// Starts a daemon on the config at `path`: opens the store, binds the listeners, builds the
+/// parts, resumes queued deliveries, and serves callbacks, the admin endpoint, reloads (file
+/// changes and [`Daemon::reload`]) and systemd's notify protocol. `zimhook run` is this plus
+/// signal handling.
+pub async fn start(path: &Path, parts: Parts) -> Result<Daemon, DaemonError> {
     let snapshot = load(path)?;
-    let store = open_store(&snapshot.store)?;
-    let listener = bind(&snapshot.server.listen).await?;
+    let store = match parts.store {
+        Some(store) => store,
+        None => open_store(&snapshot.store)?,
+    };
+    let listener = match parts.listener {
+        Some(listener) => listener,
+        None => bind(&snapshot.server.listen).await?,
+    };
     let admin = match &snapshot.admin {
         Some(a) => Some(admin::bind(&a.listen).await?),
         None => None,
@@ -94,9 +163,14 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
     })?;
     app.queue.start();
     // Reloads: file changes (watched by the reload task), SIGHUP and `POST /reload`.
-    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(8);
+    let (reloads, reload_rx) = tokio::sync::mpsc::channel(8);
+    let mut helpers = Vec::new();
     if let Some(listener) = admin {
-        tokio::spawn(admin::serve(listener, app.clone(), reload_tx.clone()));
+        helpers.push(tokio::spawn(admin::serve(
+            listener,
+            app.clone(),
+            reloads.clone(),
+        )));
     }
     let addr = listener.local_addr().map_err(anyhow::Error::from)?;
     tracing::info!(
@@ -106,24 +180,37 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
         rules,
         "zimhook listening"
     );
-
-    tokio::spawn(reload::run(app.clone(), path.to_path_buf(), reload_rx));
-    let mut hup = signal(SignalKind::hangup()).map_err(anyhow::Error::from)?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading");
-            let request = reload::Request {
-                trigger: reload::Trigger::Signal,
-                reply: None,
-            };
-            let _ = reload_tx.send(request).await;
-        }
-    });
-
+    helpers.push(tokio::spawn(reload::run(
+        app.clone(),
+        path.to_path_buf(),
+        reload_rx,
+    )));
     systemd::ready(&systemd::summary(&app));
     if let Some(every) = systemd::watchdog_interval() {
-        tokio::spawn(systemd::watchdog(addr, every, app.runner.http.clone()));
+        let http = app.runner.http.clone();
+        helpers.push(tokio::spawn(systemd::watchdog(addr, every, http)));
     }
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(serve(app.clone(), listener, grace, stop.clone()));
+    Ok(Daemon {
+        app,
+        addr,
+        reloads,
+        stop,
+        serving,
+        helpers,
+    })
+}
+
+/// Serves until `stop`, then drains within one grace: requests in flight and running deliveries
+/// share it (the workers keep running while connections drain), so the stop ends by
+/// stop + grace.
+async fn serve(
+    app: Arc<Shared>,
+    listener: TcpListener,
+    grace: std::time::Duration,
+    stop: CancellationToken,
+) -> Result<(), DaemonError> {
     let status_app = app.clone();
     let status_ticker = tokio::spawn(async move {
         let mut tick = tokio::time::interval(STATUS_EVERY);
@@ -132,18 +219,10 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
             systemd::status(&systemd::summary(&status_app));
         }
     });
-
-    let mut term = signal(SignalKind::terminate()).map_err(anyhow::Error::from)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(anyhow::Error::from)?;
-    // One grace for the whole stop: requests in flight and running deliveries share it (the
-    // workers keep running while connections drain), so the stop ends by signal + grace.
     let stop_began = Arc::new(std::sync::OnceLock::new());
     let began = stop_began.clone();
     let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping"),
-        }
+        stop.cancelled().await;
         let _ = began.set(Instant::now());
         // From here the status says "stopping" until the final one.
         status_ticker.abort();
@@ -166,4 +245,30 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
         if pending == 1 { "y" } else { "ies" }
     ));
     Ok(())
+}
+
+/// `zimhook run`: [`start`], SIGHUP reloads, SIGTERM or SIGINT stops.
+pub async fn run(path: &Path) -> Result<(), DaemonError> {
+    let mut hup = signal(SignalKind::hangup()).map_err(anyhow::Error::from)?;
+    let mut term = signal(SignalKind::terminate()).map_err(anyhow::Error::from)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(anyhow::Error::from)?;
+    let daemon = start(path, Parts::default()).await?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                daemon.reload(reload::Trigger::Signal).await;
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping");
+                break;
+            }
+        }
+    }
+    daemon.stop();
+    daemon.stopped().await
 }

@@ -17,10 +17,11 @@
 //! - [`handle`]: the steps of one callback, in order, and the reply it gets.
 //! - [`receive`]: body decoding (JSON or form) into a [`receive::Callback`].
 //! - [`verify`]: signature, freshness, appid allow-list.
-//! - [`route`]: which rules a callback matches, and the template context they see.
+//! - [`route`]: which rules a callback matches (its template context is `template::callback_context`).
 //! - [`deliver`]: the delivery queue, its store, workers, retries and dead letters.
 //! - [`act`]: running one action once (command, forward, plugin).
-//! - [`plugin`]: the WebAssembly host (wasmtime) that plugin actions run on.
+//! - [`wasm`]: the WebAssembly host (wasmtime) that plugin actions run on, and the catalog of
+//!   one config's compiled plugins.
 //! - [`config`]: TOML → validated [`config::Snapshot`], with positions on every error.
 //! - [`reload`]: watching the config and plugins, SIGHUP, atomic swaps.
 //! - [`systemd`]: readiness, reload and stop notifications, the watchdog.
@@ -28,8 +29,14 @@
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`template`]: the template engine shared by `when`, argv, URLs, headers and bodies.
 //! - [`events`]: the catalog of ZEGO event names.
-//! - [`cli`]: the `check`, `sign` and `send` commands; [`daemon`]: `run`.
-//! - [`app`]: the state the daemon shares between requests.
+//! - [`cli`]: the `check`, `reload`, `sign` and `send` commands; [`daemon`]: starting and
+//!   running a daemon (`run`).
+//! - [`shared`]: the state the parts of a running daemon share.
+//! - [`app`]: the composition root that builds and wires the parts.
+//!
+//! Dependencies point one way, from the bottom (`template`, `receive`, `wasm`) through
+//! `config`, `verify`/`route`, `act`, `deliver`, `handle` and the listeners up to `app` and
+//! `daemon`; `tests/structure.rs` keeps it so.
 #![forbid(unsafe_code)]
 
 pub mod act;

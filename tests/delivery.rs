@@ -51,13 +51,13 @@ forward = "{}"
     assert!(ids.iter().all(|i| *i == ids[0]));
     assert!(reqs.iter().all(|r| r.body == to_body(&body).as_bytes()));
     // It succeeded on the third attempt: nothing pending, nothing dead.
-    assert!(wait_until(Duration::from_secs(5), || d.app.queue.pending_len() == 0).await);
+    assert!(d.wait_idle(Duration::from_secs(5)).await);
 
     // The 404 target got exactly one request and the delivery is a dead letter at once.
     assert!(wait_until(Duration::from_secs(5), || permanent.count() == 1).await);
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(permanent.count(), 1);
-    let dead = d.app.queue.store().dead().unwrap();
+    let dead = d.dead_letters();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].rule, "gone");
     assert!(
@@ -103,8 +103,8 @@ forward = "http://{addr}/in"
         "got {}",
         target.count()
     );
-    assert!(wait_until(Duration::from_secs(5), || d.app.queue.pending_len() == 0).await);
-    assert!(d.app.queue.store().dead().unwrap().is_empty());
+    assert!(d.wait_idle(Duration::from_secs(5)).await);
+    assert!(d.dead_letters().is_empty());
     d.stop().await;
     target.stop();
 }
@@ -155,18 +155,8 @@ command = ["sh", "-c", "sleep 300 & echo $! > bg.pid; echo $$ > fg.pid; wait"]
     );
     let (bg, fg) = (read("bg.pid").unwrap(), read("fg.pid").unwrap());
     assert!(alive(bg) && alive(fg));
-    assert!(
-        wait_until(Duration::from_secs(10), || d
-            .app
-            .queue
-            .store()
-            .dead()
-            .unwrap()
-            .len()
-            == 1)
-        .await
-    );
-    let dead = d.app.queue.store().dead().unwrap();
+    d.wait_dead_letters(1, Duration::from_secs(10)).await;
+    let dead = d.dead_letters();
     assert!(
         dead[0].last_error.as_deref().unwrap().contains("timed out"),
         "{:?}",
@@ -198,20 +188,10 @@ command = ["sh", "-c", "echo run >> runs.txt; echo 'db is down' >&2; exit 3"]
         json!({"call_id": "f", "user_ids": ["a"]}),
     ));
     assert_eq!(d.post(to_body(&body)).await.0, 200);
-    assert!(
-        wait_until(Duration::from_secs(10), || d
-            .app
-            .queue
-            .store()
-            .dead()
-            .unwrap()
-            .len()
-            == 1)
-        .await
-    );
+    d.wait_dead_letters(1, Duration::from_secs(10)).await;
     let runs = std::fs::read_to_string(d.path("runs.txt")).unwrap();
     assert_eq!(runs.lines().count(), 3);
-    let dead = &d.app.queue.store().dead().unwrap()[0];
+    let dead = &d.dead_letters()[0];
     assert_eq!(dead.attempts, 3);
     assert_eq!(dead.history.len(), 3);
     let err = dead.last_error.as_deref().unwrap();

@@ -93,7 +93,7 @@ async fn callbacks_accepted_while_the_target_is_down_all_arrive_once_it_is_up() 
     );
     let expected: BTreeSet<String> = (0..CALLBACKS).map(|i| format!("c{i}")).collect();
     assert_eq!(arrived(), expected);
-    assert!(wait_until(Duration::from_secs(10), || d.app.queue.pending_len() == 0).await);
+    assert!(d.wait_idle(Duration::from_secs(10)).await);
     assert!(store.dead().unwrap().is_empty());
     assert!(
         wait_until(Duration::from_secs(5), || store
@@ -148,7 +148,7 @@ async fn a_restart_keeps_the_replay_table_and_resumes_pending_deliveries() {
 
     let target = Target::serve_on(tokio::net::TcpListener::bind(addr).await.unwrap(), &[200]);
     assert!(wait_until(Duration::from_secs(15), || target.count() >= 1).await);
-    assert!(wait_until(Duration::from_secs(10), || d.app.queue.pending_len() == 0).await);
+    assert!(d.wait_idle(Duration::from_secs(10)).await);
     for r in target.requests() {
         assert_eq!(r.header("x-zimhook-delivery"), Some(delivery_id.as_str()));
         assert_eq!(call_id(&r.body), "before-restart");

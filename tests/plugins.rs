@@ -164,18 +164,8 @@ plugin = "{}"
         json!({"call_id": "c", "user_ids": ["a"]}),
     ));
     assert_eq!(d.post(to_body(&body)).await.0, 200);
-    assert!(
-        wait_until(Duration::from_secs(10), || d
-            .app
-            .queue
-            .store()
-            .dead()
-            .unwrap()
-            .len()
-            == 1)
-        .await
-    );
-    let dead = &d.app.queue.store().dead().unwrap()[0];
+    d.wait_dead_letters(1, Duration::from_secs(10)).await;
+    let dead = &d.dead_letters()[0];
     assert_eq!(dead.attempts, 1, "a plugin error is not retried");
     assert!(
         dead.last_error

@@ -84,12 +84,10 @@ forward = "{}/missed/{{{{ user_id }}}}/x"
     .await;
     let body = sign(event("call_timeout", json!({"user_id": ".."})));
     assert_eq!(daemon.post(to_body(&body)).await.0, 200);
-    let dead = wait_until(Duration::from_secs(10), || {
-        daemon.app.queue.store().dead().unwrap_or_default().len() == 1
-    })
-    .await;
-    assert!(dead, "the delivery did not fail");
-    let d = daemon.app.queue.store().dead().unwrap().remove(0);
+    let d = daemon
+        .wait_dead_letters(1, Duration::from_secs(10))
+        .await
+        .remove(0);
     let error = d.last_error.unwrap_or_default();
     assert!(error.contains("\"..\""), "{error}");
     assert_eq!(target.count(), 0, "nothing was sent");

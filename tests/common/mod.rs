@@ -15,7 +15,6 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Map, Value};
-use tokio::sync::oneshot;
 
 use zimhook::deliver::{MemoryStore, Store};
 use zimhook::shared::Shared;
@@ -86,12 +85,13 @@ pub fn to_body(m: &Map<String, Value>) -> String {
 
 /// A daemon running in this process on 127.0.0.1:0, with its own temporary folder (the config
 /// lives there, so relative paths in it resolve there).
+/// It starts through `zimhook::daemon::start`, as `zimhook run` does, with a memory store (or
+/// the one given) and a listener on a free port.
 pub struct Daemon {
     pub addr: SocketAddr,
     pub app: Arc<Shared>,
     pub dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    running: Option<zimhook::daemon::Daemon>,
 }
 
 impl Daemon {
@@ -105,26 +105,19 @@ impl Daemon {
         let text = config.replace("{dir}", dir.path().to_str().unwrap());
         let path = dir.path().join("config.toml");
         std::fs::write(&path, &text).unwrap();
-        let snapshot = zimhook::config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
-        let app = zimhook::app::assemble(snapshot, store).unwrap_or_else(|e| panic!("{e}"));
-        app.queue.start();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let server_app = app.clone();
-        let server = tokio::spawn(async move {
-            zimhook::server::serve(listener, server_app, async {
-                let _ = rx.await;
-            })
+        let parts = zimhook::daemon::Parts {
+            store: Some(store),
+            listener: Some(listener),
+        };
+        let running = zimhook::daemon::start(&path, parts)
             .await
-            .unwrap();
-        });
+            .unwrap_or_else(|e| panic!("daemon: {e}"));
         Daemon {
-            addr,
-            app,
+            addr: running.addr,
+            app: running.app.clone(),
             dir,
-            stop: Some(tx),
-            server: Some(server),
+            running: Some(running),
         }
     }
 
@@ -141,14 +134,43 @@ impl Daemon {
         post(&self.url("/callback"), body.into()).await
     }
 
+    /// The dead letters, oldest first.
+    pub fn dead_letters(&self) -> Vec<zimhook::deliver::Delivery> {
+        let mut dead = self.app.queue.store().dead().unwrap_or_default();
+        dead.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        dead
+    }
+
+    /// Waits (up to `timeout`) until there are `n` dead letters and returns them; panics with
+    /// what there is otherwise.
+    pub async fn wait_dead_letters(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<zimhook::deliver::Delivery> {
+        if !wait_until(timeout, || self.dead_letters().len() == n).await {
+            panic!(
+                "expected {n} dead letters within {timeout:?}, have {:?}",
+                self.dead_letters()
+            );
+        }
+        self.dead_letters()
+    }
+
+    /// Waits (up to `timeout`) until nothing is pending; false if something still is.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || self.app.queue.pending_len() == 0).await
+    }
+
+    /// Stops as SIGTERM does (within the config's `shutdown_grace`).
     pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+        if let Some(running) = self.running.take() {
+            running.stop();
+            running
+                .stopped()
+                .await
+                .unwrap_or_else(|e| panic!("daemon: {e}"));
         }
-        if let Some(s) = self.server.take() {
-            let _ = s.await;
-        }
-        self.app.queue.shutdown(Duration::from_secs(5)).await;
     }
 }
 

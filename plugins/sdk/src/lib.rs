@@ -81,8 +81,11 @@ pub use bindings::zimhook::plugin::types::Outcome;
 /// What a plugin implements: called once per event, in a fresh instance each time.
 ///
 /// Return `Ok` for success (the rule's delivery succeeded, and for a sync rule
-/// `Outcome::response` is the reply) or `Err(message)` for failure (queued rules retry, sync
-/// rules answer their `fallback`). A panic counts as failure too, but gives a worse message.
+/// `Outcome::response` is the reply) or `Err(message)` for failure. A failure is permanent: a
+/// plugin is a pure function of its input, so running it again would fail again. A queued
+/// rule's delivery becomes a dead letter at once (no retries; `zimhook deliveries retry` runs it
+/// again after a fix), and a sync rule answers its `fallback`. A panic, a timeout or running out
+/// of memory count as failure too, with a worse message.
 pub trait Handler {
     fn handle(event: Event) -> Result<Outcome, String>;
 }
