@@ -110,7 +110,20 @@ pub async fn serve(
                 _ = activity.quiet_for(idle_timeout, Instant::now()) => {
                     tracing::debug!(idle = ?idle_timeout, "closing an idle connection");
                 }
-                _ = stop.cancelled() => {}
+                _ = stop.cancelled() => {
+                    // The client sent bytes (the peek saw them) before the stop, but its first
+                    // request may not have been read yet: closing now would reset it, and under
+                    // socket activation that callback would be lost across a restart. Let the
+                    // request begin (bounded by header_timeout); it is answered, then the
+                    // connection closes.
+                    if !activity.has_begun() {
+                        tokio::select! {
+                            ended = conn.as_mut() => return log_end(ended),
+                            _ = activity.first_request() => {}
+                            _ = tokio::time::sleep(header_timeout) => {}
+                        }
+                    }
+                }
             }
             // HTTP/1: closes now if idle, after the response otherwise. HTTP/2: GOAWAY, then
             // streams in flight finish. Either way bounded once nothing is in flight.
@@ -148,6 +161,9 @@ fn log_end<E: std::fmt::Display>(ended: Result<(), E>) {
 /// are not activity, so a peer that only answers keep-alive pings is still idle.
 struct Activity {
     state: Mutex<(usize, Instant)>,
+    /// Whether a request has begun on the connection at all.
+    begun: std::sync::atomic::AtomicBool,
+    first: tokio::sync::Notify,
 }
 
 /// One request in flight on a connection, until dropped.
@@ -157,13 +173,34 @@ impl Activity {
     fn new() -> Activity {
         Activity {
             state: Mutex::new((0, Instant::now())),
+            begun: std::sync::atomic::AtomicBool::new(false),
+            first: tokio::sync::Notify::new(),
         }
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         *s = (s.0 + 1, Instant::now());
+        drop(s);
+        if !self.begun.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.first.notify_waiters();
+        }
         Busy(self.clone())
+    }
+
+    fn has_begun(&self) -> bool {
+        self.begun.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once the connection's first request has begun.
+    async fn first_request(&self) {
+        let first = self.first.notified();
+        tokio::pin!(first);
+        first.as_mut().enable();
+        if self.has_begun() {
+            return;
+        }
+        first.await;
     }
 
     /// Resolves once no request has been in flight for `quiet`, counting from `since` at the

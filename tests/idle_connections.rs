@@ -192,3 +192,51 @@ async fn a_silent_http2_connection_does_not_hold_up_shutdown() {
             .is_some()
     );
 }
+
+/// Connections accepted before a stop whose request comes in after it (a socket-activated
+/// restart: the client connected, then the stop began) are answered, not reset: closing a
+/// connection with an unread request would lose that callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_connection_accepted_before_the_stop_is_answered() {
+    const CONNECTIONS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut daemon = start(dir.path(), port);
+    let mut sockets = Vec::new();
+    for _ in 0..CONNECTIONS {
+        sockets.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    // Accepted, waiting for their first bytes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut answers = Vec::new();
+    for (i, mut s) in sockets.into_iter().enumerate() {
+        let body = to_body(&sign(event(
+            "call_timeout",
+            json!({"call_id": format!("c{i}")}),
+        )));
+        let request = format!(
+            "POST /callback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        answers.push(tokio::spawn(async move {
+            s.write_all(request.as_bytes()).await?;
+            let mut reply = Vec::new();
+            s.read_to_end(&mut reply).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&reply).into_owned())
+        }));
+    }
+    for (i, answer) in answers.into_iter().enumerate() {
+        let reply = answer.await.unwrap();
+        match reply {
+            Ok(text) => assert!(
+                text.starts_with("HTTP/1.1 200"),
+                "connection {i} got {text:?}\n{}",
+                daemon.log()
+            ),
+            Err(e) => panic!("connection {i}: {e}\n{}", daemon.log()),
+        }
+    }
+    assert_eq!(daemon.child.wait().unwrap().code(), Some(0));
+}

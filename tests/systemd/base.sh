@@ -4,8 +4,8 @@
 # /var/cache/zimhook-ci/bookworm, or $ZIMHOOK_SYSTEMD_BASE) and is never written by a test run:
 # each run boots a fresh copy.
 #
-# minbase plus what the test uses: systemd as PID 1, dbus, /bin/kill (procps, the unit's
-# ExecReload=). ca-certificates is left out on purpose: the service must start on a host without
+# minbase plus what the test uses: systemd as PID 1, dbus, procps (ps and kill, for looking
+# around). ca-certificates is left out on purpose: the service must start on a host without
 # a CA bundle, and the test asserts that the tree has none.
 #
 # The tree is built in a temporary folder beside the target and renamed into place only when
