@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::process::{Running, free_port};
+use common::process::{Running, write_config};
 use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,28 +19,20 @@ const IDLE: Duration = Duration::from_secs(1);
 /// stream 0).
 const H2_OPENING: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
 
-fn start(dir: &Path, port: u16) -> Running {
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[server]
-listen = "127.0.0.1:{port}"
-max_connections = 8
-idle_timeout = "1s"
-{}
-[store]
+/// The daemon on a free port, with at most 8 connections idle for at most 1 s; and its port.
+fn start(dir: &Path) -> (Running, u16) {
+    let (config, port) = write_config(
+        dir,
+        "max_connections = 8\nidle_timeout = \"1s\"",
+        r#"[store]
 kind = "memory"
 [[rule]]
 name = "noop"
 events = ["call_timeout"]
 command = ["true"]
 "#,
-            verify_section()
-        ),
-    )
-    .unwrap();
-    Running::start(&config, dir, &[])
+    );
+    (Running::start(&config, dir, &[]), port)
 }
 
 /// Reads until the server closes the connection (EOF or reset); `None` if it is still open
@@ -60,8 +52,7 @@ async fn closed_by(stream: &mut TcpStream, deadline: Instant) -> Option<Instant>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_http2_connections_are_closed_and_free_their_slots() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let daemon = start(dir.path(), port);
+    let (daemon, port) = start(dir.path());
     let addr = format!("127.0.0.1:{port}");
 
     // Every slot taken by a socket that opens HTTP/2 and then never says anything again (and
@@ -119,8 +110,7 @@ async fn silent_http2_connections_are_closed_and_free_their_slots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http1_keep_alive_connection_is_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _daemon = start(dir.path(), port);
+    let (_daemon, port) = start(dir.path());
 
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: zimhook\r\n\r\n")
@@ -161,8 +151,7 @@ async fn an_idle_http1_keep_alive_connection_is_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_http2_connection_does_not_hold_up_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut daemon = start(dir.path(), port);
+    let (mut daemon, port) = start(dir.path());
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(H2_OPENING).await.unwrap();
     // Let the server take it past the protocol sniffing.
@@ -200,8 +189,7 @@ async fn a_silent_http2_connection_does_not_hold_up_shutdown() {
 async fn a_request_on_a_connection_accepted_before_the_stop_is_answered() {
     const CONNECTIONS: usize = 8;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut daemon = start(dir.path(), port);
+    let (mut daemon, port) = start(dir.path());
     let mut sockets = Vec::new();
     for _ in 0..CONNECTIONS {
         sockets.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::process::{Running, free_port};
+use common::process::{Running, write_config};
 use common::*;
 use serde_json::json;
 
@@ -16,17 +16,13 @@ const GRACE: Duration = Duration::from_secs(2);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_and_deliveries_share_one_grace() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[server]
-listen = "127.0.0.1:{port}"
-request_timeout = "30s"
-shutdown_grace = "{}s"
-{}
-[store]
+    let (config, port) = write_config(
+        dir.path(),
+        &format!(
+            "request_timeout = \"30s\"\nshutdown_grace = \"{}s\"",
+            GRACE.as_secs()
+        ),
+        r#"[store]
 path = "store.redb"
 
 [[rule]]
@@ -44,11 +40,7 @@ timeout = "30s"
 workdir = "."
 command = ["sh", "-c", "echo >> queued.started; sleep 30"]
 "#,
-            GRACE.as_secs(),
-            verify_section()
-        ),
-    )
-    .unwrap();
+    );
     let mut daemon = Running::start(&config, dir.path(), &[]);
     let url = format!("http://127.0.0.1:{port}/callback");
 

@@ -16,6 +16,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Writes `dir/config.toml` for a daemon on a free port: `[server]` with `listen` and the
+/// `server` lines given, the test `[verify]` section, then `rest` (store, admin, rules).
+/// Returns the file and the port.
+pub fn write_config(dir: &Path, server: &str, rest: &str) -> (std::path::PathBuf, u16) {
+    let port = free_port();
+    let path = dir.join("config.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n{}\n{rest}",
+        super::verify_section()
+    );
+    std::fs::write(&path, text).unwrap();
+    (path, port)
+}
+
 /// The daemon as a child process, stopped (SIGTERM) on drop.
 pub struct Running {
     pub child: Child,
