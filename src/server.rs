@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 use crate::handle::{self, Reply};
 use crate::shared::Shared;
 
+/// How an HTTP/2 prior-knowledge connection opens.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// HTTP/2 keep-alive: a ping after this long without a frame from the peer...
 const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 /// ...and the connection is closed if the ping is not answered within this.
@@ -83,13 +86,14 @@ pub async fn serve(
             let _slot = permit;
             // The protocol sniffing that picks HTTP/1.1 or HTTP/2 waits for the first bytes
             // with no timeout of its own: a client that sends nothing is dropped here.
-            let mut first = [0u8; 1];
-            if !matches!(
-                tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
-                Ok(Ok(1..))
-            ) {
-                return;
-            }
+            let mut head = [0u8; H2_PREFACE.len()];
+            let seen = match tokio::time::timeout(header_timeout, stream.peek(&mut head)).await {
+                Ok(Ok(n @ 1..)) => n,
+                _ => return,
+            };
+            // HTTP/2 with prior knowledge opens with its preface. Anything else (or too little
+            // to tell) may be an HTTP/1 request already on its way.
+            let http2 = seen > 1 && H2_PREFACE.starts_with(&head[..seen]);
             let activity = Arc::new(Activity::new());
             let service = {
                 let activity = activity.clone();
@@ -111,12 +115,12 @@ pub async fn serve(
                     tracing::debug!(idle = ?idle_timeout, "closing an idle connection");
                 }
                 _ = stop.cancelled() => {
-                    // The client sent bytes (the peek saw them) before the stop, but its first
-                    // request may not have been read yet: closing now would reset it, and under
-                    // socket activation that callback would be lost across a restart. Let the
-                    // request begin (bounded by header_timeout); it is answered, then the
-                    // connection closes.
-                    if !activity.has_begun() {
+                    // An HTTP/1 client sent bytes (the peek saw them) before the stop, but its
+                    // first request may not have been read yet: closing now would reset it, and
+                    // under socket activation that callback would be lost across a restart. Let
+                    // the request begin (bounded by header_timeout); it is answered, then the
+                    // connection closes. (HTTP/2's GOAWAY already lets sent streams finish.)
+                    if !http2 && !activity.has_begun() {
                         tokio::select! {
                             ended = conn.as_mut() => return log_end(ended),
                             _ = activity.first_request() => {}
