@@ -4,6 +4,7 @@ mod common;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::process::{BIN, Running, free_port};
@@ -68,12 +69,18 @@ async fn rewrites_under_load_route_every_callback_by_old_or_new_rules() {
     std::fs::write(&path, config(port, "a.txt", "")).unwrap();
     let daemon = Running::start(&path, dir.path(), &[]);
 
-    // A steady stream of callbacks while the config is rewritten 20 times.
+    // A steady stream of callbacks while the config is rewritten 20 times, and on until at
+    // least 100 went (a loaded machine sends fewer in the same time; the count is not the
+    // point, the routing is).
+    let rewritten = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = rewritten.clone();
     let sender = tokio::spawn(async move {
         let mut sent = Vec::new();
-        let end = Instant::now() + Duration::from_secs(5);
+        let end = Instant::now() + Duration::from_secs(60);
         let mut i = 0;
-        while Instant::now() < end {
+        while Instant::now() < end
+            && !(done.load(std::sync::atomic::Ordering::Relaxed) && sent.len() >= 100)
+        {
             let id = format!("s{i}");
             let status = send(port, &id).await;
             sent.push((id, status));
@@ -91,6 +98,8 @@ async fn rewrites_under_load_route_every_callback_by_old_or_new_rules() {
             std::fs::write(&path, &text).unwrap();
         }
     }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rewritten.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = sender.await.unwrap();
     assert!(sent.len() > 100, "only {} callbacks sent", sent.len());
     for (id, status) in &sent {
