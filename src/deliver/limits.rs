@@ -65,15 +65,6 @@ impl Limits {
             freed.await;
         }
     }
-
-    /// How many runs of the rule named `name` are going on.
-    pub fn running(&self, name: &str) -> usize {
-        let rules = self.rules.lock().expect("limits lock");
-        rules
-            .get(name)
-            .map(|c| *c.running.lock().expect("limit lock"))
-            .unwrap_or(0)
-    }
 }
 
 fn take(count: Arc<Count>, max: usize) -> Option<Permit> {
