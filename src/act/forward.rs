@@ -24,7 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsRoots {
     /// The system's trust store (Debian: the `ca-certificates` package; or `SSL_CERT_FILE` /
-    /// `SSL_CERT_DIR`), through the platform verifier; how many certificates it has.
+    /// `SSL_CERT_DIR`); how many certificates it has.
     System(usize),
     /// None found on the system: the Mozilla set built into the binary (`webpki-root-certs`),
     /// as of this build; how many.
@@ -46,21 +46,28 @@ impl std::fmt::Display for TlsRoots {
 
 /// An HTTP client builder whose TLS trusts the system's roots when there are any, else the
 /// bundled ones: a minimal server without `ca-certificates` still starts and forwards over
-/// HTTPS.
+/// HTTPS. The system's store is read once, here (not again by a platform verifier).
 pub fn client_builder() -> (reqwest::ClientBuilder, TlsRoots) {
     // Idempotent: fails only if another provider was installed first, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let system = rustls_native_certs::load_native_certs().certs.len();
-    let builder = reqwest::Client::builder();
-    if system > 0 {
-        return (builder, TlsRoots::System(system));
-    }
-    let bundled: Vec<reqwest::Certificate> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
-        .iter()
+    let system = rustls_native_certs::load_native_certs().certs;
+    let ders: Vec<&[u8]> = if system.is_empty() {
+        let bundled = webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter();
+        bundled.map(|c| c.as_ref()).collect()
+    } else {
+        system.iter().map(|c| c.as_ref()).collect()
+    };
+    let certs: Vec<reqwest::Certificate> = ders
+        .into_iter()
         .filter_map(|der| reqwest::Certificate::from_der(der).ok())
         .collect();
-    let n = bundled.len();
-    (builder.tls_certs_only(bundled), TlsRoots::Bundled(n))
+    let n = certs.len();
+    let roots = if system.is_empty() {
+        TlsRoots::Bundled(n)
+    } else {
+        TlsRoots::System(n)
+    };
+    (reqwest::Client::builder().tls_certs_only(certs), roots)
 }
 
 /// The one client every forward shares.
