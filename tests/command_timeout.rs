@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{BIN, Running, free_port};
+use common::process::{BIN, Running, write_config};
 use common::*;
 use serde_json::{Value, json};
 
@@ -27,24 +27,12 @@ impl Drop for Leftover {
     }
 }
 
-fn start(dir: &Path, port: u16, rules: &str) -> (Running, std::path::PathBuf) {
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[server]
-listen = "127.0.0.1:{port}"
-[admin]
-listen = "unix:data/admin.sock"
-{}
-[store]
-path = "data/store.redb"
-{rules}"#,
-            verify_section()
-        ),
-    )
-    .unwrap();
-    (Running::start(&config, dir, &[]), config)
+fn start(dir: &Path, rules: &str) -> (Running, std::path::PathBuf, u16) {
+    let rest = format!(
+        "[admin]\nlisten = \"unix:data/admin.sock\"\n[store]\npath = \"data/store.redb\"\n{rules}"
+    );
+    let (config, port) = write_config(dir, "", &rest);
+    (Running::start(&config, dir, &[]), config, port)
 }
 
 fn dead_letters(config: &Path) -> Value {
@@ -61,10 +49,8 @@ fn dead_letters(config: &Path) -> Value {
 async fn a_timed_out_command_is_not_held_by_a_descendant_outside_its_group() {
     let _leftover = Leftover("sleep 41.5");
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let (daemon, config) = start(
+    let (daemon, config, port) = start(
         dir.path(),
-        port,
         r#"[[rule]]
 name = "stuck"
 events = ["call_timeout"]
@@ -111,10 +97,8 @@ command = ["sh", "-c", "setsid sleep 41.5 & echo started; sleep 30"]
 async fn a_command_that_exits_answers_at_once_though_a_descendant_keeps_its_pipes() {
     let _leftover = Leftover("sleep 42.5");
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let (_daemon, _config) = start(
+    let (_daemon, _config, port) = start(
         dir.path(),
-        port,
         r#"[[rule]]
 name = "answer"
 events = ["before_send_msg"]

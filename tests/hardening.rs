@@ -10,19 +10,18 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::process::{Running, free_port};
+use common::process::{self, Running};
 use common::*;
 use serde_json::{Value, json};
 
-/// Writes `config.toml` (listening on `port`, with the test secret) plus `rest` into `dir`.
-fn write_config(dir: &Path, port: u16, rest: &str) -> PathBuf {
-    let path = dir.join("config.toml");
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n{}[store]\npath = \"data/store.redb\"\n{rest}",
-        verify_section()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+/// Writes `config.toml` (on a free port, with the test secret and a store in `data/`) plus
+/// `rest` into `dir`; returns it and the port.
+fn write_config(dir: &Path, rest: &str) -> (PathBuf, u16) {
+    process::write_config(
+        dir,
+        "",
+        &format!("[store]\npath = \"data/store.redb\"\n{rest}"),
+    )
 }
 
 /// The `call_id`s a target received, with how often each came.
@@ -72,10 +71,8 @@ async fn clients_hanging_up_mid_commit_strand_no_delivery() {
     const EACH: usize = 94; // 1,504 callbacks
     let target = Target::start(&[200]).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(
+    let (config, port) = write_config(
         dir.path(),
-        port,
         &format!(
             "[[rule]]\nname = \"all\"\nevents = [\"*\"]\nforward = \"{}\"\n",
             target.url("/in")
@@ -134,11 +131,9 @@ async fn clients_hanging_up_mid_commit_strand_no_delivery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_copies_of_a_callback_run_its_sync_rule_once() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let runs = dir.path().join("runs");
-    let config = write_config(
+    let (config, port) = write_config(
         dir.path(),
-        port,
         &format!(
             r#"[[rule]]
 name = "slow-answer"
@@ -303,16 +298,13 @@ async fn a_full_disk_is_reported_and_recovered_from_without_a_restart() {
         }
     };
     let target = Target::start(&[200]).await;
-    let port = free_port();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[server]
-listen = "127.0.0.1:{port}"
-[admin]
+    let (config, port) = process::write_config(
+        dir.path(),
+        "",
+        &format!(
+            r#"[admin]
 listen = "unix:admin.sock"
-{}[store]
+[store]
 path = "disk/store.redb"
 [[rule]]
 name = "fwd"
@@ -320,11 +312,9 @@ events = ["call_timeout"]
 retry = {{ attempts = 1000, backoff = "50ms", max_backoff = "200ms" }}
 forward = "{}"
 "#,
-            verify_section(),
             target.url("/in")
         ),
-    )
-    .unwrap();
+    );
     let daemon = Running::start(&config, dir.path(), &[]);
     let url = format!("http://127.0.0.1:{port}/callback");
     let mut acked = BTreeSet::new();
@@ -409,10 +399,8 @@ forward = "{}"
 async fn a_completed_delivery_does_not_run_again_after_sigkill_on_a_quiet_daemon() {
     let target = Target::start(&[200]).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(
+    let (config, port) = write_config(
         dir.path(),
-        port,
         &format!(
             "[[rule]]\nname = \"fwd\"\nevents = [\"call_timeout\"]\nforward = \"{}\"\n",
             target.url("/in")
