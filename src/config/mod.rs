@@ -211,8 +211,11 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Whether the rule's `events` name `event`, or the readable alias of a numbered event
+    /// (`cloud_recording.files_uploaded` for `cloud_recording.1`).
     pub fn matches_event(&self, event: &str) -> bool {
         self.matcher.is_match(event)
+            || crate::events::alias(event).is_some_and(|a| self.matcher.is_match(a))
     }
 }
 
