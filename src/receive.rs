@@ -6,6 +6,9 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+mod family;
+pub use family::{Family, PASCAL, Spelling};
+
 /// How the body was encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFormat {
@@ -13,11 +16,15 @@ pub enum BodyFormat {
     Form,
 }
 
-/// The envelope fields every callback carries, as their literal text. Lower-case (`appid`,
-/// `event`, ...) and PascalCase (`AppId`, `Event`, ...) spellings are both accepted.
+/// The envelope fields every callback carries, as their literal text, read under its
+/// [`Family`]'s spelling. For the families that name events, lower-case (`appid`, `event`, ...)
+/// and PascalCase (`AppId`, `Event`, ...) spellings are both accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Envelope {
+    pub family: Family,
     pub appid: Option<String>,
+    /// The event name; for a family whose event is a number, `prefix.number`
+    /// (`cloud_recording.1`).
     pub event: Option<String>,
     pub nonce: Option<String>,
     pub timestamp: Option<String>,
@@ -185,18 +192,27 @@ fn kind(v: &Value) -> &'static str {
 
 impl Envelope {
     fn from_object(object: &Map<String, Value>) -> Envelope {
-        let field = |lower: &str, pascal: &str| {
+        let family = Family::detect(object);
+        let own = family.spelling();
+        // The named family takes either case, field by field; the others only their own.
+        let other = if family == Family::Named { PASCAL } else { own };
+        let field = |name: fn(&Spelling) -> &'static str| {
             object
-                .get(lower)
-                .or_else(|| object.get(pascal))
+                .get(name(&own))
+                .or_else(|| object.get(name(&other)))
                 .and_then(literal_text)
         };
+        let event = field(|s| s.event);
         Envelope {
-            appid: field("appid", "AppId"),
-            event: field("event", "Event"),
-            nonce: field("nonce", "Nonce"),
-            timestamp: field("timestamp", "Timestamp"),
-            signature: field("signature", "Signature"),
+            family,
+            appid: field(|s| s.appid),
+            event: match family.prefix() {
+                Some(prefix) => event.map(|n| format!("{prefix}.{n}")),
+                None => event,
+            },
+            nonce: field(|s| s.nonce),
+            timestamp: field(|s| s.timestamp),
+            signature: field(|s| s.signature),
         }
     }
 }
@@ -293,5 +309,202 @@ mod tests {
         let body = r#"{"room_session_id":858012925204410400123,"x":1.5}"#;
         let cb = decode(body).unwrap();
         assert_eq!(serde_json::to_string(&cb.object).unwrap(), body);
+    }
+
+    fn fixture(path: &str) -> Callback {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(path);
+        Callback::decode(Bytes::from(std::fs::read(&path).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn every_fixture_has_a_whole_envelope() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut seen = 0;
+        for dir in std::fs::read_dir(&root).unwrap() {
+            let dir = dir.unwrap().path();
+            if !dir.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(&dir).unwrap() {
+                let file = file.unwrap().path();
+                let name = format!(
+                    "{}/{}",
+                    dir.file_name().unwrap().to_string_lossy(),
+                    file.file_name().unwrap().to_string_lossy()
+                );
+                let e = fixture(&name).envelope;
+                for (field, value) in [
+                    ("appid", &e.appid),
+                    ("event", &e.event),
+                    ("nonce", &e.nonce),
+                    ("timestamp", &e.timestamp),
+                    ("signature", &e.signature),
+                ] {
+                    assert!(value.is_some(), "{name}: no {field} in {e:?}");
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 47, "only {seen} fixtures");
+    }
+
+    #[test]
+    fn numeric_event_types_get_family_names() {
+        for (path, family, event) in [
+            (
+                "cloud_recording/recording_status_1.json",
+                Family::CloudRecording,
+                "cloud_recording.1",
+            ),
+            (
+                "cloud_recording/recording_status_102.json",
+                Family::CloudRecording,
+                "cloud_recording.102",
+            ),
+            (
+                "cloud_player/player_3.json",
+                Family::CloudPlayer,
+                "cloud_player.3",
+            ),
+            (
+                "cloud_player/upload_10001.json",
+                Family::CloudPlayer,
+                "cloud_player.10001",
+            ),
+            (
+                "digital_human/stream_task_status_3.json",
+                Family::DigitalHuman,
+                "digital_human.3",
+            ),
+            (
+                "digital_human/drive_task_status_4.json",
+                Family::DigitalHuman,
+                "digital_human.4",
+            ),
+            (
+                "mini_game/report_game_info_1.json",
+                Family::MiniGame,
+                "mini_game.1",
+            ),
+            (
+                "mini_game/report_game_info_2.json",
+                Family::MiniGame,
+                "mini_game.2",
+            ),
+        ] {
+            let cb = fixture(path);
+            assert_eq!(cb.envelope.family, family, "{path}");
+            assert_eq!(cb.event(), event, "{path}");
+        }
+        // A type sent as a string names the same event.
+        let cb = decode(
+            r#"{"AppID":"1","EventType":"10002","Nonce":"n","Timestamp":"1","Signature":"s"}"#,
+        )
+        .unwrap();
+        assert_eq!(cb.event(), "cloud_player.10002");
+    }
+
+    #[test]
+    fn string_timestamps_keep_their_text() {
+        let cb = fixture("cloud_recording/recording_status_1.json");
+        assert_eq!(cb.envelope.timestamp.as_deref(), Some("1637753949"));
+        assert_eq!(cb.envelope.nonce.as_deref(), Some("100480"));
+        assert_eq!(cb.appid(), "1234567890");
+        let cb = fixture("cloud_player/upload_10001.json");
+        assert_eq!(cb.envelope.timestamp.as_deref(), Some("1737451074"));
+        assert_eq!(cb.appid(), "123456789");
+        let cb = fixture("digital_human/drive_task_status_4.json");
+        assert_eq!(cb.envelope.timestamp.as_deref(), Some("1681221510"));
+        // Leading zeros or spaces in a string stay: the signature is over the literal text.
+        let cb = decode(
+            r#"{"app_id":1,"event_type":1,"nonce":"n","timestamp":" 0017","signature":"s"}"#,
+        )
+        .unwrap();
+        assert_eq!(cb.envelope.timestamp.as_deref(), Some(" 0017"));
+    }
+
+    #[test]
+    fn numeric_appids_keep_their_digits() {
+        for (path, appid) in [
+            ("digital_human/stream_task_status_3.json", "123456789"),
+            ("cloud_player/player_1.json", "123456789"),
+            ("mini_game/report_game_info_1.json", "1234567890"),
+            ("ai_agent/ASRResult.json", "1234567"),
+            ("rtc_moderation/censor_audio_v2_result.json", "1"),
+        ] {
+            assert_eq!(fixture(path).appid(), appid, "{path}");
+        }
+        let cb = decode(r#"{"AppId":98765432109876543210,"EventType":3,"Nonce":"n","Timestamp":"1","Signature":"s"}"#)
+            .unwrap();
+        assert_eq!(cb.appid(), "98765432109876543210");
+    }
+
+    #[test]
+    fn nineteen_digit_nonces_stay_exact() {
+        let cb = fixture("ai_agent/LLMResult.json");
+        assert_eq!(cb.envelope.nonce.as_deref(), Some("7450395512627324902"));
+        for body in [
+            r#"{"AppId":1,"Event":"ASRResult","Nonce":9223372036854775809,"Timestamp":1745502313000,"Signature":"s"}"#,
+            r#"{"AppId":1,"SignatureNonce":9223372036854775809,"ReportType":1,"Timestamp":1,"Signature":"s"}"#,
+            r#"{"app_id":1,"event_type":1,"nonce":9223372036854775809,"timestamp":"1","signature":"s"}"#,
+        ] {
+            let cb = decode(body).unwrap();
+            assert_eq!(
+                cb.envelope.nonce.as_deref(),
+                Some("9223372036854775809"),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn ai_agent_status_event_spelled_both_ways() {
+        // The docs' AgentInstanceStatus sample says "AgentSpeakAction": both names come through
+        // as sent, each a catalogued event.
+        let status = fixture("ai_agent/AgentInstanceStatus.json");
+        assert_eq!(status.event(), "AgentInstanceStatus");
+        let old = fixture("ai_agent/AgentSpeakAction.json");
+        assert_eq!(old.event(), "AgentSpeakAction");
+        for cb in [&status, &old] {
+            assert_eq!(cb.envelope.family, Family::Named);
+            assert!(crate::events::is_known(cb.event()), "{}", cb.event());
+        }
+        let mut body: Map<String, Value> = serde_json::from_slice(&status.raw).unwrap();
+        body.insert("Event".into(), Value::from("AgentSpeakAction"));
+        let cb = decode(&serde_json::to_string(&body).unwrap()).unwrap();
+        assert_eq!(cb.event(), "AgentSpeakAction");
+        assert_eq!(cb.envelope.nonce, status.envelope.nonce);
+    }
+
+    #[test]
+    fn transcoding_appid_spelled_exactly_so() {
+        let cb = fixture("rtc_transcoding/transcode_start.json");
+        assert_eq!(cb.envelope.family, Family::RtcTranscoding);
+        assert_eq!(cb.appid(), "111111");
+        assert_eq!(cb.event(), "transcode_start");
+        assert_eq!(cb.envelope.timestamp.as_deref(), Some("1499676978"));
+        // Other cases of the name are not `Appid`.
+        for body in [
+            r#"{"APPID":"1","Event":"transcode_start"}"#,
+            r#"{"appId":"1","Event":"transcode_start"}"#,
+        ] {
+            let cb = decode(body).unwrap();
+            assert_eq!(cb.envelope.family, Family::Named, "{body}");
+            assert_eq!(cb.envelope.appid, None, "{body}");
+        }
+    }
+
+    #[test]
+    fn numeric_families_take_only_their_own_spelling() {
+        // A Cloud Player body with a lower-case nonce has no nonce.
+        let cb = decode(r#"{"AppID":1,"EventType":1,"nonce":"n","Timestamp":"1","Signature":"s"}"#)
+            .unwrap();
+        assert_eq!(cb.envelope.nonce, None);
+        // Mini Game's nonce is `SignatureNonce`, not `Nonce`.
+        let cb = decode(r#"{"AppId":1,"SignatureNonce":"a","Nonce":"b","ReportType":2,"Timestamp":1,"Signature":"s"}"#)
+            .unwrap();
+        assert_eq!(cb.envelope.nonce.as_deref(), Some("a"));
     }
 }

@@ -14,6 +14,14 @@ use crate::receive::Envelope;
 
 /// ZEGO's callback signature: `lower_hex(sha1(concat(sort_as_strings([secret, timestamp,
 /// nonce]))))`. Sorted as strings (byte order), no separator; the timestamp is its literal text.
+/// Every product family signs so, over its own timestamp and nonce fields (Mini Game's nonce is
+/// `SignatureNonce`).
+///
+/// Mini Game's docs contradict each other: its "Making API Requests" page gives
+/// `md5(AppId + SignatureNonce + CallbackSecret + Timestamp)`, its ZH callback page this sorted
+/// SHA-1, its EN callback page no check at all, and its sample signature is URL-encoded Base64
+/// of 20 bytes, neither. Only this SHA-1 is accepted: the MD5 form is the outbound API signing
+/// scheme, and the Base64 sample cannot be reproduced from anything documented.
 pub fn signature(secret: &str, timestamp: &str, nonce: &str) -> String {
     let mut parts = [secret, timestamp, nonce];
     parts.sort_unstable();
@@ -109,9 +117,11 @@ pub fn verify(
     settings: &VerifySettings,
     now: SystemTime,
 ) -> Result<Option<ReplayKey>, VerifyError> {
+    // Missing fields are named as the callback's family spells them (`SignatureNonce`, ...).
+    let names = envelope.family.spelling();
     let event = envelope.event.as_deref();
     if event.is_none() {
-        return Err(VerifyError::Missing("event"));
+        return Err(VerifyError::Missing(names.event));
     }
     if settings.insecure {
         return Ok(match (&envelope.nonce, &envelope.timestamp) {
@@ -126,19 +136,19 @@ pub fn verify(
     let appid = envelope
         .appid
         .as_deref()
-        .ok_or(VerifyError::Missing("appid"))?;
+        .ok_or(VerifyError::Missing(names.appid))?;
     let nonce = envelope
         .nonce
         .as_deref()
-        .ok_or(VerifyError::Missing("nonce"))?;
+        .ok_or(VerifyError::Missing(names.nonce))?;
     let timestamp = envelope
         .timestamp
         .as_deref()
-        .ok_or(VerifyError::Missing("timestamp"))?;
+        .ok_or(VerifyError::Missing(names.timestamp))?;
     let given = envelope
         .signature
         .as_deref()
-        .ok_or(VerifyError::Missing("signature"))?;
+        .ok_or(VerifyError::Missing(names.signature))?;
 
     if !settings.appids.is_empty() && !settings.appids.iter().any(|a| a == appid) {
         return Err(VerifyError::AppidNotAllowed(appid.to_string()));
@@ -221,6 +231,7 @@ mod tests {
 
     fn envelope(secret: &str, ts: &str) -> Envelope {
         Envelope {
+            family: Default::default(),
             appid: Some("1".into()),
             event: Some("call_timeout".into()),
             nonce: Some("9223372036854775809".into()),
@@ -279,6 +290,7 @@ mod tests {
             signature(secret, ts_b, nonce_b)
         );
         let moved = |ts: &str, nonce: &str| Envelope {
+            family: Default::default(),
             appid: Some("1".into()),
             event: Some("call_timeout".into()),
             nonce: Some(nonce.into()),
@@ -312,6 +324,100 @@ mod tests {
         assert_eq!(
             verify(&e, &settings(&["k"]), at(1700000000)),
             Err(VerifyError::Missing("signature"))
+        );
+    }
+
+    /// A body of `family`, signed with `secret` under its own field names.
+    fn signed_body(family: crate::receive::Family, secret: &str, ts: &str, nonce: &str) -> String {
+        let names = family.spelling();
+        let mut body = serde_json::Map::new();
+        body.insert(names.appid.into(), serde_json::json!(1234567890));
+        body.insert(names.event.into(), serde_json::json!(1));
+        body.insert(names.nonce.into(), serde_json::json!(nonce));
+        body.insert(names.timestamp.into(), serde_json::json!(ts));
+        body.insert(
+            names.signature.into(),
+            serde_json::json!(signature(secret, ts, nonce)),
+        );
+        serde_json::Value::Object(body).to_string()
+    }
+
+    #[test]
+    fn every_family_signs_over_its_own_fields() {
+        use crate::receive::{Callback, Family};
+        let s = settings(&["k"]);
+        for family in Family::ALL {
+            let body = signed_body(family, "k", "1700000000", "7450395512627324902");
+            let cb = Callback::decode(body.clone().into()).unwrap();
+            assert_eq!(cb.envelope.family, family, "{body}");
+            assert!(verify(&cb.envelope, &s, at(1700000000)).is_ok(), "{body}");
+            let mut wrong = cb.envelope.clone();
+            wrong.nonce = Some("7450395512627324903".into());
+            assert_eq!(
+                verify(&wrong, &s, at(1700000000)),
+                Err(VerifyError::BadSignature),
+                "{family:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_fields_are_named_as_the_family_spells_them() {
+        use crate::receive::Callback;
+        let s = settings(&["k"]);
+        for (body, field) in [
+            (
+                r#"{"AppId":1,"ReportType":1,"SignatureNonce":"n","Signature":"x"}"#,
+                "Timestamp",
+            ),
+            (
+                r#"{"AppId":1,"ReportType":1,"Timestamp":1,"Signature":"x","SignatureNonce":null}"#,
+                "SignatureNonce",
+            ),
+            (
+                r#"{"app_id":1,"event_type":1,"nonce":"n","timestamp":"1"}"#,
+                "signature",
+            ),
+            (
+                r#"{"event_type":1,"nonce":"n","timestamp":"1","signature":"x"}"#,
+                "app_id",
+            ),
+            (
+                r#"{"AppID":1,"Nonce":"n","Timestamp":"1","Signature":"x"}"#,
+                "EventType",
+            ),
+        ] {
+            let cb = Callback::decode(body.to_string().into()).unwrap();
+            assert_eq!(
+                verify(&cb.envelope, &s, at(1)),
+                Err(VerifyError::Missing(field)),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn mini_game_accepts_only_the_sorted_sha1() {
+        use crate::receive::Callback;
+        let s = settings(&["k"]);
+        let mini = |sig: &str| {
+            let body = format!(
+                r#"{{"AppId":1234567890,"SignatureNonce":"15215528852396","Timestamp":1700000000,"Signature":"{sig}","ReportType":1}}"#
+            );
+            let cb = Callback::decode(body.into()).unwrap();
+            verify(&cb.envelope, &s, at(1700000000))
+        };
+        assert!(mini(&signature("k", "1700000000", "15215528852396")).is_ok());
+        // md5(AppId + SignatureNonce + CallbackSecret + Timestamp), the other page's formula.
+        // md5("123456789015215528852396k1700000000"):
+        assert_eq!(
+            mini("417b9e9f6643906fdae2a2c89f89508b"),
+            Err(VerifyError::BadSignature)
+        );
+        // The sample's shape: URL-encoded Base64 of 20 bytes.
+        assert_eq!(
+            mini("Pc5WB8gokVn0xfeu%2FZV%2BiNM1dgI%3D"),
+            Err(VerifyError::BadSignature)
         );
     }
 }

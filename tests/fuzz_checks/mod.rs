@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use zimhook::config::{Action, Diagnostic, Rule, Secret, Snapshot, VerifySettings};
-use zimhook::receive::{BodyFormat, Callback};
+use zimhook::receive::{self, BodyFormat, Callback, Family};
 use zimhook::route;
 use zimhook::template::{Context, TemplateId, Templates};
 use zimhook::verify::{self, VerifyError};
@@ -166,25 +166,44 @@ fn check_decoded(data: &[u8], cb: &Callback) {
     let again: Map<String, Value> = serde_json::from_str(&again).expect("reserialized object");
     assert_eq!(again, cb.object);
 
-    // The envelope is the literal text of the lower-case field, else the PascalCase one.
+    // The envelope is the literal text of its family's field; for the named family, the
+    // lower-case field, else the PascalCase one; a numbered family's event is `prefix.number`.
     let e = &cb.envelope;
-    for (got, lower, pascal) in [
-        (&e.appid, "appid", "AppId"),
-        (&e.event, "event", "Event"),
-        (&e.nonce, "nonce", "Nonce"),
-        (&e.timestamp, "timestamp", "Timestamp"),
-        (&e.signature, "signature", "Signature"),
+    let has_event = cb.object.contains_key("event") || cb.object.contains_key("Event");
+    if has_event {
+        assert!(
+            matches!(e.family, Family::Named | Family::RtcTranscoding),
+            "a body with an event field is read by it, not as {:?}",
+            e.family
+        );
+    }
+    let own = e.family.spelling();
+    let other = if e.family == Family::Named {
+        receive::PASCAL
+    } else {
+        own
+    };
+    for (got, name) in [
+        (&e.appid, (own.appid, other.appid)),
+        (&e.event, (own.event, other.event)),
+        (&e.nonce, (own.nonce, other.nonce)),
+        (&e.timestamp, (own.timestamp, other.timestamp)),
+        (&e.signature, (own.signature, other.signature)),
     ] {
         let expected = cb
             .object
-            .get(lower)
-            .or_else(|| cb.object.get(pascal))
+            .get(name.0)
+            .or_else(|| cb.object.get(name.1))
             .and_then(|v| match v {
                 Value::String(s) => Some(s.clone()),
                 Value::Number(n) => Some(n.to_string()),
                 _ => None,
             });
-        assert_eq!(got, &expected, "envelope field {lower}");
+        let expected = match (e.family.prefix(), name.0 == own.event) {
+            (Some(prefix), true) => expected.map(|n| format!("{prefix}.{n}")),
+            _ => expected,
+        };
+        assert_eq!(got, &expected, "envelope field {}", name.0);
     }
     assert_eq!(cb.event(), e.event.as_deref().unwrap_or(""));
     assert_eq!(cb.appid(), e.appid.as_deref().unwrap_or(""));
