@@ -50,12 +50,13 @@ impl Reply {
     }
 }
 
-/// The reply when no sync rule answers.
-pub fn default_reply(event: &str) -> Bytes {
-    if event == BEFORE_SEND_MSG {
+/// The reply when no sync rule answers: `before_send_msg`'s neutral result, else the callback's
+/// family's (Mini Game needs `{"Code":200,...}`, the others `{"code":0}`).
+pub fn default_reply(callback: &Callback) -> Bytes {
+    if callback.event() == BEFORE_SEND_MSG {
         Bytes::from_static(br#"{"result":0}"#)
     } else {
-        Bytes::from_static(br#"{"code":0}"#)
+        Bytes::from_static(callback.envelope.family.default_reply())
     }
 }
 
@@ -128,7 +129,7 @@ pub async fn callback(
 
     let plan = route::plan(snapshot, &callback, true);
     let rule_names = plan.rule_names();
-    let mut answer = default_reply(&event);
+    let mut answer = default_reply(&callback);
     let mut deliveries = deliveries_for(snapshot, &callback, &plan.queued, 0);
     if let Some(rule) = &plan.sync {
         match run_sync(app, snapshot, rule, &callback, deadline).await {

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 /// A rule that writes each event's stdin to `{dir}/out/<event>.<delivery_id>.json`.
 fn capture_rule(events: &str) -> String {
@@ -468,5 +468,57 @@ command = ["sh", "-c", "echo start >> log.txt; sleep 1; echo end >> log.txt"]
         "start\nend\nstart\nend\n",
         "the run accepted after the reload started while the first still ran"
     );
+    d.stop().await;
+}
+
+/// A Mini Game report signed under its own names (`SignatureNonce`, `Timestamp`, `Signature`).
+fn signed_report(name: &str) -> Map<String, Value> {
+    let mut body = fixture(&format!("mini_game/{name}"));
+    let nonce = rand::random::<u64>().to_string();
+    let ts = now_secs().to_string();
+    body.insert("SignatureNonce".into(), Value::String(nonce.clone()));
+    body.insert("Timestamp".into(), serde_json::from_str(&ts).unwrap());
+    body.insert(
+        "Signature".into(),
+        Value::String(zimhook::verify::signature(SECRET, &ts, &nonce)),
+    );
+    body
+}
+
+#[tokio::test]
+async fn mini_game_gets_its_documented_reply_unless_a_sync_rule_answers() {
+    let config = format!(
+        r#"{}
+[[rule]]
+name = "settle"
+events = ["mini_game.game_settled"]
+sync = true
+command = ["printf", '{{"Code":500,"Message":"try again"}}']
+"#,
+        verify_section()
+    );
+    let d = Daemon::start(&config).await;
+    let (status, reply) = d
+        .post(to_body(&signed_report("report_game_info_1.json")))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply, r#"{"Code":200,"Message":"succeed"}"#);
+    let (status, reply) = d
+        .post(to_body(&signed_report("report_game_info_2.json")))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply, r#"{"Code":500,"Message":"try again"}"#);
+    // Another family without a rule keeps `{"code":0}`.
+    let mut player = fixture("cloud_player/player_1.json");
+    let nonce = rand::random::<u64>().to_string();
+    let ts = now_secs().to_string();
+    player.insert("Nonce".into(), Value::String(nonce.clone()));
+    player.insert("Timestamp".into(), Value::String(ts.clone()));
+    player.insert(
+        "Signature".into(),
+        Value::String(zimhook::verify::signature(SECRET, &ts, &nonce)),
+    );
+    let (status, reply) = d.post(to_body(&player)).await;
+    assert_eq!((status, reply.as_str()), (200, r#"{"code":0}"#));
     d.stop().await;
 }
