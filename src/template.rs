@@ -442,11 +442,28 @@ impl Context {
         rule: Option<&str>,
         delivery_id: Option<&str>,
     ) -> Self {
+        Self::build(object, event, None, body, rule, delivery_id)
+    }
+
+    /// [`Context::new`], and `appid` as the envelope's appid where the body spells it otherwise
+    /// (`AppId`, `app_id`, `AppID`, `Appid`): one template serves every product family.
+    fn build(
+        object: &serde_json::Map<String, serde_json::Value>,
+        event: &str,
+        appid: Option<&str>,
+        body: &str,
+        rule: Option<&str>,
+        delivery_id: Option<&str>,
+    ) -> Self {
         let mut map: BTreeMap<String, Value> = object
             .iter()
             .map(|(k, v)| (k.clone(), json_to_value(v)))
             .collect();
         map.insert("event".into(), Value::from(event));
+        if let Some(appid) = appid.filter(|a| !a.is_empty()) {
+            map.entry("appid".into())
+                .or_insert_with(|| Value::from(appid));
+        }
         map.insert(
             "payload".into(),
             json_to_value(&serde_json::Value::Object(object.clone())),
@@ -511,9 +528,10 @@ pub fn callback_context(
     callback: &crate::receive::Callback,
     rule_and_delivery: Option<(&str, &str)>,
 ) -> Context {
-    Context::new(
+    Context::build(
         &callback.object,
         callback.event(),
+        Some(callback.appid()),
         &String::from_utf8_lossy(&callback.raw),
         rule_and_delivery.map(|(r, _)| r),
         rule_and_delivery.map(|(_, d)| d),
@@ -543,6 +561,27 @@ mod tests {
             .unwrap();
         let c = ctx(r#"{"call_id":"c1","payload":"p"}"#);
         assert_eq!(t.render(&id, &c).unwrap(), "call_timeout c1 r d1 p");
+    }
+
+    #[test]
+    fn event_and_appid_are_normalised_across_families() {
+        let mut t = Templates::new();
+        let id = t.add("a", "{{ event }} {{ appid }} {{ app_id }}").unwrap();
+        let cb = crate::receive::Callback::decode(bytes::Bytes::from_static(
+            br#"{"app_id":1234567890,"event_type":1,"task_id":"t"}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            t.render(&id, &callback_context(&cb, None)).unwrap(),
+            "cloud_recording.1 1234567890 1234567890"
+        );
+        // A body's own `appid` stays as it is.
+        let cb = crate::receive::Callback::decode(bytes::Bytes::from_static(
+            br#"{"appid":7,"event":"call_timeout"}"#,
+        ))
+        .unwrap();
+        let id = t.add("b", "{{ appid + 1 }}").unwrap();
+        assert_eq!(t.render(&id, &callback_context(&cb, None)).unwrap(), "8");
     }
 
     #[test]
