@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{self, AdminListen, ConfigError, Listen, Secret, Secrets};
 use crate::logging::{Priority, report};
+use crate::receive::{Family, PASCAL};
 use crate::verify;
 
 /// Exit code for a config that cannot be used (EX_CONFIG).
@@ -241,6 +242,8 @@ pub async fn send(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let secret = signing_secret(&snapshot, sign_with)?;
     let fields = read_fields(data)?;
+    let event = crate::events::unalias(event);
+    let appid_field = Family::of_numbered(event).map_or("appid", |(f, _)| f.spelling().appid);
     let url = match url {
         Some(u) => u,
         None => match &snapshot.server.listen {
@@ -250,7 +253,11 @@ pub async fn send(
     };
     let appid = appid
         .or_else(|| snapshot.verify.appids.first().cloned())
-        .or_else(|| fields.get("appid").and_then(crate::receive::literal_text))
+        .or_else(|| {
+            fields
+                .get(appid_field)
+                .and_then(crate::receive::literal_text)
+        })
         .unwrap_or_else(|| "1".to_string());
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -262,23 +269,7 @@ pub async fn send(
         Some(secret) => verify::signature(secret.expose(), &timestamp, &nonce),
         None => String::new(),
     };
-    let mut body = Map::new();
-    body.insert("appid".into(), Value::String(appid));
-    body.insert("event".into(), Value::String(event.to_string()));
-    body.insert("nonce".into(), Value::String(nonce));
-    body.insert("signature".into(), Value::String(signature));
-    body.insert(
-        "timestamp".into(),
-        serde_json::from_str(&timestamp).expect("digits are JSON"),
-    );
-    for (k, v) in fields {
-        if !matches!(
-            k.as_str(),
-            "appid" | "event" | "nonce" | "signature" | "timestamp"
-        ) {
-            body.insert(k, v);
-        }
-    }
+    let body = envelope_for(event, appid, &timestamp, nonce, signature, fields);
     let client = crate::act::forward::client_builder()
         .0
         .timeout(snapshot.server.request_timeout + std::time::Duration::from_secs(5))
@@ -295,6 +286,71 @@ pub async fn send(
     println!("{}", status.as_u16());
     println!("{text}");
     Ok(if status.is_success() { 0 } else { 1 })
+}
+
+/// A callback body for `event` in its family's envelope: `cloud_recording.1` (or its alias) as
+/// `app_id` and `event_type` 1, `mini_game.2` as `AppId` and `ReportType` 2, any other name
+/// as `appid` and `event`. Appid and timestamp have the family's documented JSON types; the
+/// business fields follow, envelope fields among them left out.
+fn envelope_for(
+    event: &str,
+    appid: String,
+    timestamp: &str,
+    nonce: String,
+    signature: String,
+    fields: Map<String, Value>,
+) -> Map<String, Value> {
+    let (family, event_value) = match Family::of_numbered(event) {
+        Some((family, number)) => match serde_json::from_str::<Value>(number) {
+            Ok(n @ Value::Number(_)) => (family, n),
+            _ => (family, Value::String(number.to_string())),
+        },
+        None => (Family::Named, Value::String(event.to_string())),
+    };
+    let names = family.spelling();
+    let number = |text: &str| match serde_json::from_str::<Value>(text) {
+        Ok(n @ Value::Number(_)) => n,
+        _ => Value::String(text.to_string()),
+    };
+    let mut body = Map::new();
+    body.insert(
+        names.appid.into(),
+        if family == Family::Named {
+            Value::String(appid)
+        } else {
+            number(&appid)
+        },
+    );
+    body.insert(names.event.into(), event_value);
+    body.insert(names.nonce.into(), Value::String(nonce));
+    body.insert(names.signature.into(), Value::String(signature));
+    body.insert(
+        names.timestamp.into(),
+        if family.timestamp_is_text() {
+            Value::String(timestamp.to_string())
+        } else {
+            number(timestamp)
+        },
+    );
+    let envelope_field = |k: &str| {
+        Family::ALL.into_iter().any(|f| {
+            let n = f.spelling();
+            [n.appid, n.event, n.nonce, n.signature, n.timestamp].contains(&k)
+        }) || [
+            PASCAL.appid,
+            PASCAL.event,
+            PASCAL.nonce,
+            PASCAL.signature,
+            PASCAL.timestamp,
+        ]
+        .contains(&k)
+    };
+    for (k, v) in fields {
+        if !envelope_field(&k) {
+            body.insert(k, v);
+        }
+    }
+    body
 }
 
 /// The secret to sign with (`None`: send unsigned, for a config in insecure mode).
@@ -344,5 +400,77 @@ fn read_fields(data: Option<&str>) -> anyhow::Result<Map<String, Value>> {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => bail!("the event's fields must be a JSON object"),
         Err(e) => bail!("the event's fields are not JSON: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receive::Callback;
+
+    fn sent(event: &str, fields: Value) -> Callback {
+        let Value::Object(fields) = fields else {
+            panic!()
+        };
+        let body = envelope_for(
+            event,
+            "123".into(),
+            "1700000000",
+            "7450395512627324902".into(),
+            verify::signature("k", "1700000000", "7450395512627324902"),
+            fields,
+        );
+        Callback::decode(serde_json::to_string(&body).unwrap().into()).unwrap()
+    }
+
+    #[test]
+    fn send_uses_the_family_envelope() {
+        for (event, family, name) in [
+            ("call_timeout", Family::Named, "call_timeout"),
+            (
+                "cloud_recording.1",
+                Family::CloudRecording,
+                "cloud_recording.1",
+            ),
+            (
+                "cloud_player.10001",
+                Family::CloudPlayer,
+                "cloud_player.10001",
+            ),
+            ("digital_human.3", Family::DigitalHuman, "digital_human.3"),
+            ("mini_game.2", Family::MiniGame, "mini_game.2"),
+            (
+                "cloud_recording.completed",
+                Family::CloudRecording,
+                "cloud_recording.5",
+            ),
+        ] {
+            let cb = sent(
+                crate::events::unalias(event),
+                serde_json::json!({"task_id": "t"}),
+            );
+            assert_eq!(cb.envelope.family, family, "{event}");
+            assert_eq!(cb.event(), name);
+            assert_eq!(cb.appid(), "123");
+            assert_eq!(cb.object["task_id"], "t");
+            let s = config::VerifySettings {
+                secrets: vec![Secret::new("k")],
+                service_only: vec![],
+                max_skew: None,
+                appids: vec![],
+                insecure: false,
+            };
+            assert!(
+                verify::verify(&cb.envelope, &s, SystemTime::now()).is_ok(),
+                "{event}"
+            );
+        }
+        let cb = sent(
+            "cloud_recording.1",
+            serde_json::json!({"app_id": 9, "event_type": 2}),
+        );
+        assert_eq!(cb.event(), "cloud_recording.1");
+        assert_eq!(cb.object["app_id"], 123);
+        assert_eq!(cb.object["timestamp"], "1700000000");
     }
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::process::{Running, free_port};
+use common::process::{Running, free_port, write_config};
 
 use std::path::Path;
 use std::process::Command;
@@ -202,4 +202,61 @@ fn the_shipped_config_is_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn send_posts_numbered_events_in_their_family_envelope() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config(
+        dir.path(),
+        "",
+        "[store]\nkind = \"memory\"\n[[rule]]\nname = \"uploaded\"\nevents = [\"cloud_recording.files_uploaded\", \"mini_game.*\"]\ncommand = [\"sh\", \"-c\", \"cat > \\\"$ZIMHOOK_EVENT.tmp\\\" && mv \\\"$ZIMHOOK_EVENT.tmp\\\" \\\"$ZIMHOOK_EVENT.json\\\"\"]\nworkdir = \".\"\n",
+    );
+    let _daemon = Running::start(&config, dir.path(), &[]);
+    let body = dir.path().join("body.json");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/cloud_recording/recording_status_1.json"),
+        &body,
+    )
+    .unwrap();
+    let send = |event: &str, data: &str| {
+        let out = Command::new(BIN)
+            .args(["send", "--secret", common::SECRET, "-c"])
+            .arg(&config)
+            .args([event, data])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        send("cloud_recording.1", &format!("@{}", body.display())),
+        "200\n{\"code\":0}\n"
+    );
+    assert_eq!(
+        send("mini_game.game_settled", r#"{"ReportId":"r1"}"#),
+        "200\n{\"Code\":200,\"Message\":\"succeed\"}\n"
+    );
+    let read = |name: &str| {
+        let path = dir.path().join(name);
+        let end = Instant::now() + Duration::from_secs(10);
+        while !path.exists() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    };
+    let v = read("cloud_recording.1.json");
+    assert_eq!(v["event_type"], 1);
+    assert_eq!(v["app_id"], 1234567890);
+    assert!(v["timestamp"].is_string(), "{v}");
+    assert_eq!(v["task_id"], "YZ4joOE4IwmFAAAT");
+    let v = read("mini_game.2.json");
+    assert_eq!(v["ReportType"], 2);
+    assert!(v["SignatureNonce"].is_string(), "{v}");
+    assert_eq!(v["ReportId"], "r1");
 }
