@@ -33,6 +33,26 @@ for f in "$fixtures"/zim/*.json "$fixtures"/rtc/*.json; do
   done
 done
 
+# The other product families, each under its own nonce, timestamp and signature names
+# (AI Agent and ASR in milliseconds).
+for spec in cloud_recording:nonce:timestamp:signature cloud_player:Nonce:Timestamp:Signature \
+  digital_human:Nonce:Timestamp:Signature mini_game:SignatureNonce:Timestamp:Signature \
+  rtc_transcoding:Nonce:Timestamp:Signature rtc_moderation:Nonce:Timestamp:Signature \
+  ai_agent:Nonce:Timestamp:Signature asr:Nonce:Timestamp:Signature \
+  super_board:nonce:timestamp:signature; do
+  IFS=: read -r kind nf tf sf <<<"$spec"
+  for f in "$fixtures/$kind"/*.json; do
+    name=$(basename "$f" .json)
+    cp "$f" "$cb/seed-$kind-$name.json"
+    nonce=$(sed -n "s/^ *\"$nf\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "$f")
+    ts=$now
+    grep -q "\"$tf\": *\"\{0,1\}[0-9]\{13\}" "$f" && ts=${now}000
+    sed -e "s/\"$tf\": \(\"\{0,1\}\)[0-9]*/\"$tf\": \1$ts/" \
+      -e "s/\"$sf\": \"signature\"/\"$sf\": \"$(sign $secret "$ts" "$nonce")\"/" \
+      "$f" >"$cb/seed-$kind-$name-signed-$ts.json"
+  done
+done
+
 sig=$(sign $secret $now 350176)
 printf '%s' "appid=1&event=call_timeout&nonce=350176&timestamp=$now&signature=$sig&call_id=3501761173612493269&user_ids=%5B%22abc%22%2C%22def%22%5D" >"$cb/seed-form-call_timeout"
 printf '%s' "appid=1234567890&event=before_send_msg&nonce=350176&timestamp=$now&signature=${sig^^}&msg_body=buy+spam+now&from_user_id=u%201" >"$cb/seed-form-before_send_msg"
