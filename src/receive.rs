@@ -202,7 +202,7 @@ impl Envelope {
                 .or_else(|| object.get(name(&other)))
                 .and_then(literal_text)
         };
-        let event = field(|s| s.event);
+        let event = field(|s| s.event).map(|e| agent_status_name(object, e));
         Envelope {
             family,
             appid: field(|s| s.appid),
@@ -214,6 +214,22 @@ impl Envelope {
             timestamp: field(|s| s.timestamp),
             signature: field(|s| s.signature),
         }
+    }
+}
+
+/// AI Agent's status event under its documented name. The docs' `AgentInstanceStatus` sample
+/// is spelled `AgentSpeakAction` (the deprecated event's name); a body so spelled that carries a
+/// `Data.Status` and no `Data.Action` is a status event, and rules on `AgentInstanceStatus` get
+/// it. The body itself is not changed.
+fn agent_status_name(object: &Map<String, Value>, event: String) -> String {
+    if event != "AgentSpeakAction" || !object.contains_key("AgentInstanceId") {
+        return event;
+    }
+    match object.get("Data").and_then(Value::as_object) {
+        Some(data) if data.contains_key("Status") && !data.contains_key("Action") => {
+            "AgentInstanceStatus".to_owned()
+        }
+        _ => event,
     }
 }
 
@@ -461,8 +477,8 @@ mod tests {
 
     #[test]
     fn ai_agent_status_event_spelled_both_ways() {
-        // The docs' AgentInstanceStatus sample says "AgentSpeakAction": both names come through
-        // as sent, each a catalogued event.
+        // The docs' AgentInstanceStatus sample says "AgentSpeakAction": a status body is the
+        // status event under either name; the deprecated speak action keeps its own.
         let status = fixture("ai_agent/AgentInstanceStatus.json");
         assert_eq!(status.event(), "AgentInstanceStatus");
         let old = fixture("ai_agent/AgentSpeakAction.json");
@@ -473,9 +489,11 @@ mod tests {
         }
         let mut body: Map<String, Value> = serde_json::from_slice(&status.raw).unwrap();
         body.insert("Event".into(), Value::from("AgentSpeakAction"));
-        let cb = decode(&serde_json::to_string(&body).unwrap()).unwrap();
-        assert_eq!(cb.event(), "AgentSpeakAction");
+        let raw = serde_json::to_string(&body).unwrap();
+        let cb = decode(&raw).unwrap();
+        assert_eq!(cb.event(), "AgentInstanceStatus");
         assert_eq!(cb.envelope.nonce, status.envelope.nonce);
+        assert_eq!(cb.raw, raw.as_bytes());
     }
 
     #[test]

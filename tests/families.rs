@@ -312,3 +312,290 @@ async fn a_signature_one_digit_off_is_refused_for_every_family() {
     }
     assert_eq!(target.count(), 0);
 }
+
+/// Signs `body` with fresh values in the fields the family calls `nonce` and `timestamp`,
+/// writing them as `nonce` and `ts` (literal JSON, so a number stays a number).
+fn signed_as(
+    mut body: Map<String, Value>,
+    (nonce_field, nonce): (&str, &str),
+    (ts_field, ts): (&str, &str),
+    sig_field: &str,
+) -> String {
+    let text = |json: &str| zimhook::receive::literal_text(&serde_json::from_str(json).unwrap());
+    body.insert(nonce_field.into(), serde_json::from_str(nonce).unwrap());
+    body.insert(ts_field.into(), serde_json::from_str(ts).unwrap());
+    body.insert(
+        sig_field.into(),
+        Value::String(zimhook::verify::signature(
+            SECRET,
+            &text(ts).unwrap(),
+            &text(nonce).unwrap(),
+        )),
+    );
+    to_body(&body)
+}
+
+fn fresh_nonce() -> String {
+    (1_000_000_000_000_000_000 + rand::random::<u64>() % 8_000_000_000_000_000_000).to_string()
+}
+
+/// The documented quirks, end to end: each body is accepted, and the rule on its event gets
+/// it unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documented_envelope_quirks_are_accepted_and_routed() {
+    let target = Target::start(&[200]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules: String = [
+        ("recording", "cloud_recording.files_uploaded"),
+        ("status", "AgentInstanceStatus"),
+        ("speak", "AgentSpeakAction"),
+        ("llm", "LLMResult"),
+        ("transcode", "transcode_start"),
+    ]
+    .iter()
+    .map(|(name, event)| {
+        format!(
+            "[[rule]]\nname = \"{name}\"\nevents = [\"{event}\"]\nforward = \"{}\"\n",
+            target.url(&format!("/{name}"))
+        )
+    })
+    .collect();
+    let (config, port) = write_config(
+        dir.path(),
+        "",
+        &format!("[store]\nkind = \"memory\"\n{rules}"),
+    );
+    let daemon = Running::start(&config, dir.path(), &[]);
+    let url = format!("http://127.0.0.1:{port}/callback");
+    let http = client();
+    let now = now_secs();
+    let ms = now * 1000 + 77;
+
+    let recording = fixture("cloud_recording/recording_status_1.json");
+    let agent_status = fixture("ai_agent/AgentInstanceStatus.json");
+    let mut status_as_speak = agent_status.clone();
+    status_as_speak.insert("Event".into(), Value::from("AgentSpeakAction"));
+    let mut appid_as_text = fixture("ai_agent/LLMResult.json");
+    appid_as_text.insert("AppId".into(), Value::from("1234567"));
+    let transcode = fixture("rtc_transcoding/transcode_start.json");
+    let q = |s: String| format!("\"{s}\"");
+    let cases: Vec<(&str, String, &str)> = vec![
+        // Cloud Recording's timestamp is a string; a number is taken too.
+        (
+            "string timestamp",
+            signed_as(
+                recording.clone(),
+                ("nonce", &q(fresh_nonce())),
+                ("timestamp", &q(now.to_string())),
+                "signature",
+            ),
+            "/recording",
+        ),
+        (
+            "number timestamp",
+            signed_as(
+                recording,
+                ("nonce", &q(fresh_nonce())),
+                ("timestamp", &now.to_string()),
+                "signature",
+            ),
+            "/recording",
+        ),
+        // AppId a number (as documented) or a string; ms timestamps; 19-digit nonces, as a
+        // string and as a number beyond i64.
+        (
+            "numeric AppId, 19-digit nonce",
+            signed_as(
+                agent_status.clone(),
+                ("Nonce", &q(fresh_nonce())),
+                ("Timestamp", &ms.to_string()),
+                "Signature",
+            ),
+            "/status",
+        ),
+        (
+            "nonce as a number beyond i64",
+            signed_as(
+                agent_status,
+                ("Nonce", "9223372036854775809"),
+                ("Timestamp", &(ms + 1).to_string()),
+                "Signature",
+            ),
+            "/status",
+        ),
+        (
+            "AppId as text",
+            signed_as(
+                appid_as_text,
+                ("Nonce", &q(fresh_nonce())),
+                ("Timestamp", &ms.to_string()),
+                "Signature",
+            ),
+            "/llm",
+        ),
+        // The status event spelled as the docs' sample spells it reaches the status rule; the
+        // deprecated speak action reaches its own.
+        (
+            "status spelled AgentSpeakAction",
+            signed_as(
+                status_as_speak,
+                ("Nonce", &q(fresh_nonce())),
+                ("Timestamp", &ms.to_string()),
+                "Signature",
+            ),
+            "/status",
+        ),
+        (
+            "AgentSpeakAction",
+            signed_as(
+                fixture("ai_agent/AgentSpeakAction.json"),
+                ("Nonce", &q(fresh_nonce())),
+                ("Timestamp", &ms.to_string()),
+                "Signature",
+            ),
+            "/speak",
+        ),
+        (
+            "Appid",
+            signed_as(
+                transcode.clone(),
+                ("Nonce", &q(fresh_nonce())),
+                ("Timestamp", &q(now.to_string())),
+                "Signature",
+            ),
+            "/transcode",
+        ),
+    ];
+    for (what, body, _) in &cases {
+        let r = http.post(&url).body(body.clone()).send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(
+            (status, text.as_str()),
+            (200, r#"{"code":0}"#),
+            "{what}\n{}",
+            daemon.log()
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || target.count() >= cases.len()).await,
+        "{:?}\n{}",
+        target
+            .requests()
+            .iter()
+            .map(|r| &r.path)
+            .collect::<Vec<_>>(),
+        daemon.log()
+    );
+    let received = target.requests();
+    for (what, body, path) in &cases {
+        let hits: Vec<&str> = received
+            .iter()
+            .filter(|r| r.body == body.as_bytes())
+            .map(|r| r.path.as_str())
+            .collect();
+        assert_eq!(hits, [*path], "{what}");
+    }
+    assert!(
+        received
+            .iter()
+            .any(|r| r.body.windows(19).any(|w| w == b"9223372036854775809")),
+        "the big nonce's digits were forwarded as sent"
+    );
+
+    // `Appid` only in this exact case: `APPID` is no appid, and the body is refused.
+    let mut wrong_case = transcode;
+    let appid = wrong_case.remove("Appid").unwrap();
+    wrong_case.insert("APPID".into(), appid);
+    let body = signed_as(
+        wrong_case,
+        ("Nonce", &q(fresh_nonce())),
+        ("Timestamp", &q(now.to_string())),
+        "Signature",
+    );
+    let r = http.post(&url).body(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 401, "{text}");
+    assert!(
+        text.contains("missing envelope field") && text.contains("appid"),
+        "{text}"
+    );
+}
+
+/// A plugin on a Cloud Recording event, through the SDK's typed struct: the example
+/// `recording-files` plugin emits one event per uploaded file, and a rule forwards each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_fans_a_recording_callback_out_per_file() {
+    let target = Target::start(&[200]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = format!(
+        r#"[store]
+kind = "memory"
+
+[[rule]]
+name = "fanout"
+events = ["cloud_recording.files_uploaded"]
+plugin = "{plugin}"
+config = {{ min_bytes = 1000 }}
+
+[[rule]]
+name = "index"
+events = ["recording_file"]
+forward = "{url}"
+"#,
+        plugin = plugin("recording-files").display(),
+        url = target.url("/files/{{ task_id }}")
+    );
+    let (config, port) = write_config(dir.path(), "", &rules);
+    let daemon = Running::start(&config, dir.path(), &[]);
+    let url = format!("http://127.0.0.1:{port}/callback");
+
+    let mut body = fixture("cloud_recording/recording_status_1.json");
+    let files = body["detail"]["file_info"].as_array().unwrap().clone();
+    let mut small = files[0].clone();
+    small["file_id"] = Value::from("tiny.mp4");
+    small["file_size"] = Value::from(10);
+    let mut second = files[0].clone();
+    second["file_id"] = Value::from("second.mp4");
+    second["file_size"] = Value::from("2048"); // a number sent as text
+    body["detail"]["file_info"] = Value::Array(vec![files[0].clone(), small, second]);
+    let text = signed_as(
+        body,
+        ("nonce", &format!("\"{}\"", fresh_nonce())),
+        ("timestamp", &format!("\"{}\"", now_secs())),
+        "signature",
+    );
+    let (status, reply) = post(&url, text).await;
+    assert_eq!(
+        (status, reply.as_str()),
+        (200, r#"{"code":0}"#),
+        "{}",
+        daemon.log()
+    );
+
+    assert!(
+        wait_until(Duration::from_secs(15), || target.count() >= 2).await,
+        "{}",
+        daemon.log()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got: Vec<(String, Value)> = target
+        .requests()
+        .iter()
+        .map(|r| (r.path.clone(), serde_json::from_slice(&r.body).unwrap()))
+        .collect();
+    got.sort_by_key(|(_, v)| v["file_id"].as_str().unwrap_or("").to_string());
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].0, "/files/YZ4joOE4IwmFAAAT");
+    assert_eq!(
+        got[0].1["file_id"],
+        "YZ4joOE4IwmFAAAT_6677_800221_800221_VA_20211124113602084.mp4"
+    );
+    assert_eq!(got[0].1["file_size"], 25349026);
+    assert_eq!(got[0].1["duration_ms"], 170039);
+    assert_eq!(got[0].1["complete"], true);
+    assert_eq!(got[1].1["file_id"], "second.mp4");
+    assert_eq!(got[1].1["file_size"], 2048);
+    assert_eq!(got[1].1["room_id"], "6677");
+}

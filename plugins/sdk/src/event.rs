@@ -29,17 +29,17 @@ impl Event {
             .map_err(|e| format!("payload of `{}` is not valid: {e}", self.name))
     }
 
-    /// The payload as `T` if this event is a `T::NAME` callback, `None` for any other event.
+    /// The payload as `T` if this event is one of `T`'s callbacks, `None` for any other event.
     ///
     /// ```ignore
     /// let Some(call) = event.typed::<CallTimeout>()? else { return Ok(Outcome::ok()) };
     /// ```
     pub fn typed<T: TypedEvent>(&self) -> Result<Option<T>, String> {
-        if self.name == T::NAME {
-            self.payload_as().map(Some)
-        } else {
-            Ok(None)
+        if !T::is_named(&self.name) {
+            return Ok(None);
         }
+        let parsed: T = self.payload_as()?;
+        Ok(parsed.is_own().then_some(parsed))
     }
 
     /// The payload's top-level fields, for events without a typed struct here.
@@ -48,10 +48,17 @@ impl Event {
     }
 }
 
-/// A ZEGO callback with a fixed event name, for [`Event::typed`].
+/// A ZEGO callback type, for [`Event::typed`].
 pub trait TypedEvent: DeserializeOwned {
-    /// The callback's `event` name.
-    const NAME: &'static str;
+    /// Whether an event of this name (as zimhook names it: `call_timeout`,
+    /// `cloud_recording.1`, `ASRResult`) is one of these callbacks.
+    fn is_named(name: &str) -> bool;
+
+    /// For a name two products share (AI Agent's and ASR's `ASRResult`): whether the parsed
+    /// body is this product's. Every body is, unless the type says otherwise.
+    fn is_own(&self) -> bool {
+        true
+    }
 }
 
 /// `before_send_msg`: ZEGO asks whether to deliver a message, and waits for the answer
@@ -86,7 +93,9 @@ pub struct BeforeSendMsg {
 }
 
 impl TypedEvent for BeforeSendMsg {
-    const NAME: &'static str = "before_send_msg";
+    fn is_named(name: &str) -> bool {
+        name == "before_send_msg"
+    }
 }
 
 impl BeforeSendMsg {
@@ -129,7 +138,9 @@ pub struct CallTimeout {
 }
 
 impl TypedEvent for CallTimeout {
-    const NAME: &'static str = "call_timeout";
+    fn is_named(name: &str) -> bool {
+        name == "call_timeout"
+    }
 }
 
 /// A callback's top-level fields, for any event.
@@ -168,7 +179,7 @@ impl Fields {
     }
 }
 
-mod lenient {
+pub(crate) mod lenient {
     use super::*;
 
     pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -192,6 +203,50 @@ mod lenient {
                 .map_err(|_| D::Error::custom(format!("expected an integer, found {s:?}"))),
             Value::Null => Ok(0),
             v => Err(D::Error::custom(format!("expected an integer, found {v}"))),
+        }
+    }
+
+    pub fn float<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Number(n) => n
+                .as_f64()
+                .ok_or_else(|| D::Error::custom(format!("expected a number, found {n}"))),
+            Value::String(s) if s.trim().is_empty() => Ok(0.0),
+            Value::String(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| D::Error::custom(format!("expected a number, found {s:?}"))),
+            Value::Null => Ok(0.0),
+            v => Err(D::Error::custom(format!("expected a number, found {v}"))),
+        }
+    }
+
+    /// A nested object, `null` or absent as its default; an object sent as JSON text (as a
+    /// form-encoded body carries it) is parsed.
+    pub fn object<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: DeserializeOwned + Default,
+    {
+        match Value::deserialize(d)? {
+            Value::Null => Ok(T::default()),
+            Value::String(s) if s.trim().is_empty() => Ok(T::default()),
+            Value::String(s) => serde_json::from_str(&s).map_err(D::Error::custom),
+            v => serde_json::from_value(v).map_err(D::Error::custom),
+        }
+    }
+
+    /// A list of objects; `null`, absent or empty text as an empty list, JSON text parsed.
+    pub fn objects<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: DeserializeOwned,
+    {
+        match Value::deserialize(d)? {
+            Value::Null => Ok(Vec::new()),
+            Value::String(s) if s.trim().is_empty() => Ok(Vec::new()),
+            Value::String(s) => serde_json::from_str(&s).map_err(D::Error::custom),
+            v => serde_json::from_value(v).map_err(D::Error::custom),
         }
     }
 

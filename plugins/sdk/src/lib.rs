@@ -31,8 +31,9 @@
 //! # Layout
 //!
 //! - [`Handler`] and [`export!`]: the entry point.
-//! - [`Event`] accessors and the typed callbacks ([`BeforeSendMsg`], [`CallTimeout`],
-//!   the untyped [`Fields`]) live in `event`.
+//! - [`Event`] accessors and the typed ZIM callbacks ([`BeforeSendMsg`], [`CallTimeout`],
+//!   the untyped [`Fields`]) live in `event`; other products' callbacks
+//!   ([`CloudRecordingStatus`], [`AgentEvent`]) in `products`.
 //! - [`Outcome`], [`Answer`] (the `before_send_msg` reply) and [`Emitted`] live in `outcome`.
 //! - [`log`]: messages for the daemon's log, through the host.
 //!
@@ -47,9 +48,14 @@ extern crate self as zimhook_plugin;
 mod event;
 pub mod log;
 mod outcome;
+mod products;
 
 pub use event::{BeforeSendMsg, CallTimeout, Fields, TypedEvent};
 pub use outcome::Answer;
+pub use products::{
+    AgentData, AgentEvent, AgentLatency, CloudRecordingStatus, RecordingDetail, RecordingEvent,
+    RecordingFile,
+};
 
 /// The generated bindings of `plugins/wit/handler.wit`. Use the re-exports at the crate root;
 /// this module is public only so that [`export!`] can reach it from the plugin's crate.
