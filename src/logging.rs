@@ -4,6 +4,7 @@
 //! of our own (the journal adds one).
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::{Format, Full, Writer};
@@ -16,14 +17,34 @@ pub enum LogFormat {
     Json,
 }
 
+/// Lines waiting for the log writer thread at most, unless `log.buffer_lines` says otherwise;
+/// beyond that, new lines are dropped (and counted, see [`dropped_lines`]) rather than slowing
+/// the callbacks down.
+pub const BUFFERED_LINES: usize = 16_384;
+
+static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Flushes the lines still buffered when dropped: hold it until the daemon has stopped.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
 /// Installs the global subscriber. `level` is a level or a filter (`"info"`,
-/// `"zimhook=debug,info"`).
-pub fn init(format: LogFormat, level: &str) {
+/// `"zimhook=debug,info"`). Lines are formatted on the thread that logs them and written to
+/// stderr by a writer thread of their own, through a buffer of `buffer_lines` lines
+/// ([`BUFFERED_LINES`] by default), so a slow stderr (a busy journal, a full pipe) never holds
+/// a request up.
+pub fn init(format: LogFormat, level: &str, buffer_lines: usize) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(buffer_lines.max(1))
+        .thread_name("zimhook-log")
+        .finish(std::io::stderr());
+    let _ = DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(false);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -32,6 +53,12 @@ pub fn init(format: LogFormat, level: &str) {
             .init(),
         LogFormat::Text => builder.init(),
     }
+    LogGuard(guard)
+}
+
+/// Log lines dropped because the writer was its buffer behind (0 before [`init`]).
+pub fn dropped_lines() -> usize {
+    DROPPED.get().map_or(0, |c| c.dropped_lines())
 }
 
 /// How bad a line a command prints for people is, as a syslog priority.

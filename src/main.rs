@@ -178,7 +178,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Run => {
-            init_logging(args.log_format, &path);
+            let _log = init_logging(args.log_format, &path);
             runtime().block_on(async {
                 match daemon::run(&path).await {
                     Ok(()) => 0,
@@ -210,17 +210,26 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// Level from `$ZIMHOOK_LOG`, else the config's `log.level`, else info.
-fn init_logging(format: LogFormat, config: &std::path::Path) {
-    let level = std::env::var("ZIMHOOK_LOG").ok().or_else(|| {
-        std::fs::read_to_string(config)
-            .ok()
-            .and_then(|t| t.parse::<toml::Table>().ok())
-            .and_then(|t| t.get("log")?.get("level")?.as_str().map(String::from))
-    });
+/// Level from `$ZIMHOOK_LOG`, else the config's `log.level`, else info; the buffer from
+/// `log.buffer_lines`. Read before the config is loaded (and checked), so the log starts first.
+fn init_logging(format: LogFormat, config: &std::path::Path) -> logging::LogGuard {
+    let log = std::fs::read_to_string(config)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("log")?.as_table().cloned())
+        .unwrap_or_default();
+    let level = std::env::var("ZIMHOOK_LOG")
+        .ok()
+        .or_else(|| log.get("level")?.as_str().map(String::from));
+    let buffer = log
+        .get("buffer_lines")
+        .and_then(toml::Value::as_integer)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| (1..=1_000_000).contains(n))
+        .unwrap_or(logging::BUFFERED_LINES);
     let format = match format {
         LogFormat::Text => logging::LogFormat::Text,
         LogFormat::Json => logging::LogFormat::Json,
     };
-    logging::init(format, level.as_deref().unwrap_or("info"));
+    logging::init(format, level.as_deref().unwrap_or("info"), buffer)
 }

@@ -81,6 +81,7 @@ pub struct Metrics {
     store_up: Gauge,
     orphaned: Gauge,
     config: Family<ConfigLabels, Gauge>,
+    log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -160,6 +161,12 @@ impl Metrics {
             "The live config, by the sha256 of its file (value 1)",
             config.clone(),
         );
+        let log_dropped = Counter::default();
+        registry.register(
+            "zimhook_log_lines_dropped",
+            "Log lines dropped because the log writer was too far behind (stderr or the journal slower than the daemon)",
+            log_dropped.clone(),
+        );
         // An info metric as a gauge of 1: Prometheus's text format has no `info` type.
         let build = Family::<BuildLabels, Gauge>::default();
         build
@@ -180,6 +187,7 @@ impl Metrics {
             store_up,
             orphaned,
             config,
+            log_dropped,
         }
     }
 
@@ -241,6 +249,9 @@ impl Metrics {
             self.dead_letters.set(dead as i64);
         }
         self.store_up.set(i64::from(now.store_up));
+        let dropped = crate::logging::dropped_lines() as u64;
+        self.log_dropped
+            .inc_by(dropped.saturating_sub(self.log_dropped.get()));
         self.config.clear();
         self.config
             .get_or_create(&ConfigLabels {

@@ -7,9 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::process::{BIN, free_port};
+use common::process::{BIN, free_port, write_config};
 use common::*;
 use serde_json::{Value, json};
 
@@ -155,4 +155,105 @@ async fn plain_text_without_journald() {
     let (lines, secrets) = run_and_collect(&[], false).await;
     assert!(lines.iter().all(|l| !l.starts_with('<')), "{lines:?}");
     assert_no_secrets(&lines, &secrets);
+}
+
+/// The log writer never holds a callback up: with stderr a pipe nobody reads (a stalled
+/// journal), every callback is still answered, and the lines that did not fit are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_log_reader_does_not_hold_callbacks_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, port) = write_config(
+        dir.path(),
+        "",
+        "[store]\nkind = \"memory\"\n[admin]\nlisten = \"unix:admin.sock\"\n[log]\nbuffer_lines = 64\n",
+    );
+    // stderr is a pipe that is never read: once its 64 KiB are full, a blocking writer would
+    // stop every thread that logs.
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .env("ZIMHOOK_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stalled = child.stderr.take().unwrap();
+    let url = format!("http://127.0.0.1:{port}/callback");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "daemon did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let sent = 1000;
+    for i in 0..sent {
+        let body = to_body(&sign(event(
+            "call_timeout",
+            json!({"call_id": format!("c{i}"), "user_ids": ["a"]}),
+        )));
+        let r = http.post(&url).body(body).send().await;
+        let status = r.as_ref().map(|r| r.status().as_u16());
+        assert!(
+            matches!(status, Ok(200)),
+            "callback {i} of {sent} was not answered while stderr is stalled: {status:?}"
+        );
+    }
+    let metrics = admin_get(&dir.path().join("admin.sock"), "/metrics");
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("zimhook_log_lines_dropped_total "))
+        .unwrap_or_else(|| panic!("no dropped-lines counter:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        dropped > 0,
+        "no line was dropped, the test did not fill the buffer"
+    );
+
+    // It still stops promptly, its buffered lines abandoned to the stalled pipe.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let stop = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            stop.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(stalled);
+}
+
+#[test]
+fn check_refuses_a_log_buffer_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config(dir.path(), "", "[log]\nbuffer_lines = 0\n");
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("log.buffer_lines is 0: give 1 to 1000000 lines"),
+        "{err}"
+    );
 }

@@ -93,6 +93,7 @@ pub struct RawDefaults {
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub level: Option<Spanned<String>>,
+    pub buffer_lines: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -251,6 +251,18 @@ fn log_level(c: &mut Checker, raw: &RawConfig) -> Option<String> {
             format!("log.level {:?} is not a level or filter", level.get_ref()),
         );
     }
+    // Read before the config is loaded (the log starts first); checked here.
+    if let Some(lines) = &raw.log.buffer_lines
+        && !(1..=1_000_000).contains(lines.get_ref())
+    {
+        c.error(
+            lines.span(),
+            format!(
+                "log.buffer_lines is {}: give 1 to 1000000 lines",
+                lines.get_ref()
+            ),
+        );
+    }
     log_level
 }
 
