@@ -40,7 +40,12 @@ pub fn init(format: LogFormat, level: &str, buffer_lines: usize) -> LogGuard {
         .lossy(true)
         .buffered_lines_limit(buffer_lines.max(1))
         .thread_name("zimhook-log")
-        .finish(std::io::stderr());
+        // Buffered: the writer thread drains every line waiting, then flushes, so a burst of
+        // lines costs one write(2), not one each.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let _ = DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -68,6 +68,70 @@ pub struct RedbStore {
     requests: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
     commits: Arc<AtomicU64>,
+    recent: Recent,
+}
+
+/// The replay keys written, in memory, so that the replay check of a key never seen (nearly
+/// every callback) answers without a read transaction: a 64-bit fingerprint of each key and
+/// its expiry, about 16 bytes per entry (hashbrown's table adds its control bytes and slack:
+/// 18 to 36 bytes per entry in all). A fingerprint present may be another key's (one chance in
+/// 2^64 per pair): the file is read then, and it decides. Filled from the file at open, added
+/// to before each accept is handed to the writer (so a key the file holds is always here), and
+/// purged with the file's entries.
+struct Recent {
+    hasher: std::collections::hash_map::RandomState,
+    keys: Mutex<std::collections::HashMap<u64, u64>>,
+}
+
+impl Recent {
+    fn fingerprint(&self, key: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(key)
+    }
+
+    /// Whether `key` may have a live entry.
+    fn may_hold(&self, key: &[u8], now_ms: u64) -> bool {
+        let fp = self.fingerprint(key);
+        let keys = self.keys.lock().expect("replay index lock");
+        keys.get(&fp).is_some_and(|&expires| expires > now_ms)
+    }
+
+    fn insert(&self, key: &[u8], expires_ms: u64) {
+        let fp = self.fingerprint(key);
+        let mut keys = self.keys.lock().expect("replay index lock");
+        let e = keys.entry(fp).or_insert(expires_ms);
+        *e = (*e).max(expires_ms);
+    }
+
+    fn purge(&self, now_ms: u64) {
+        let mut keys = self.keys.lock().expect("replay index lock");
+        keys.retain(|_, &mut expires| expires > now_ms);
+        keys.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.keys.lock().expect("replay index lock").len()
+    }
+}
+
+/// Every replay entry's key and expiry, read once at open (expired ones too: the check compares
+/// with its own clock, and the purge drops them).
+fn load_recent(db: &Database) -> Result<Recent, redb::Error> {
+    let recent = Recent {
+        hasher: std::collections::hash_map::RandomState::new(),
+        keys: Mutex::default(),
+    };
+    let txn = db.begin_read()?;
+    let table = txn.open_table(REPLAY)?;
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        let value = value.value();
+        if let Some(expires) = value.get(32..40) {
+            let expires = u64::from_be_bytes(expires.try_into().expect("8 bytes"));
+            recent.insert(key.value(), expires);
+        }
+    }
+    Ok(recent)
 }
 
 /// One write, encoded by the caller (serializing is not the writer's work).
@@ -111,6 +175,7 @@ impl RedbStore {
         }
         let db = Database::create(path).map_err(|e| fail(&e))?;
         init(&db).map_err(|e| fail(&e))?;
+        let recent = load_recent(&db).map_err(|e| fail(&e))?;
         let db: Handle = Arc::new(RwLock::new(Some(Arc::new(db))));
         let health: Health = Arc::default();
         let commits = Arc::new(AtomicU64::new(0));
@@ -136,7 +201,13 @@ impl RedbStore {
             requests: Some(requests),
             writer: Some(writer),
             commits,
+            recent,
         })
+    }
+
+    /// Replay keys held in memory (live or not yet purged).
+    pub fn replay_index_len(&self) -> usize {
+        self.recent.len()
     }
 
     pub fn path(&self) -> &Path {
@@ -181,7 +252,9 @@ impl RedbStore {
         Box::pin(async move { rx.await.map_err(|_| stopped())?.map(answer) })
     }
 
+    /// Encodes an accept, and notes its replay key in memory first (see [`Recent`]).
     fn encode_accept(
+        &self,
         replay: Option<&ReplayEntry>,
         deliveries: &[Delivery],
         now_ms: u64,
@@ -190,6 +263,9 @@ impl RedbStore {
             .iter()
             .map(|d| Ok((d.id.clone(), encode_delivery(d)?)))
             .collect::<Result<_, StoreError>>()?;
+        if let Some(r) = replay {
+            self.recent.insert(&r.key, r.expires_ms);
+        }
         let replay = replay.map(|r| (r.key.clone(), encode_replay(r)));
         Ok(Write::Accept {
             replay,
@@ -239,6 +315,9 @@ impl Store for RedbStore {
     }
 
     fn check_replay(&self, key: &[u8], now_ms: u64) -> Result<Option<Seen>, StoreError> {
+        if !self.recent.may_hold(key, now_ms) {
+            return Ok(None);
+        }
         self.read(|txn| {
             let table = txn.open_table(REPLAY).map_err(db_error)?;
             let Some(value) = table.get(key).map_err(db_error)? else {
@@ -255,7 +334,7 @@ impl Store for RedbStore {
         deliveries: &[Delivery],
         now_ms: u64,
     ) -> Result<Accepted, StoreError> {
-        let write = Self::encode_accept(replay, deliveries, now_ms)?;
+        let write = self.encode_accept(replay, deliveries, now_ms)?;
         self.write(write).map(accepted)
     }
 
@@ -265,7 +344,7 @@ impl Store for RedbStore {
         deliveries: &[Delivery],
         now_ms: u64,
     ) -> Ticket<Accepted> {
-        match Self::encode_accept(replay, deliveries, now_ms) {
+        match self.encode_accept(replay, deliveries, now_ms) {
             Ok(write) => self.write_queued(write, true, accepted),
             Err(e) => answered(Err(e)),
         }
@@ -325,6 +404,7 @@ impl Store for RedbStore {
     }
 
     fn purge_replay(&self, now_ms: u64) -> Result<usize, StoreError> {
+        self.recent.purge(now_ms);
         match self.write(Write::PurgeReplay(now_ms))? {
             Done::Purged(n) => Ok(n),
             _ => unreachable!("purge answers Purged"),
@@ -778,6 +858,31 @@ mod tests {
 
     fn ids(v: Vec<Delivery>) -> BTreeSet<String> {
         v.into_iter().map(|d| d.id).collect()
+    }
+
+    #[test]
+    fn the_replay_index_holds_what_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zimhook.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            for (key, expires) in [("a", 1_000), ("b", 2_000), ("c", 3_000)] {
+                store.accept(Some(&entry(key, 1, expires)), &[], 0).unwrap();
+            }
+            assert_eq!(store.replay_index_len(), 3);
+            // A key the index does not hold is not live, without a read.
+            assert_eq!(store.check_replay(b"d", 0).unwrap(), None);
+        }
+        // Reopened: the index is filled from the file, and the checks read the file's entries.
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.replay_index_len(), 3);
+        assert!(store.check_replay(b"b", 1_500).unwrap().is_some());
+        assert_eq!(store.check_replay(b"b", 2_000).unwrap(), None);
+        // The purge empties both.
+        assert_eq!(store.purge_replay(2_500).unwrap(), 2);
+        assert_eq!(store.replay_index_len(), 1);
+        assert!(store.check_replay(b"c", 2_500).unwrap().is_some());
+        assert_eq!(store.check_replay(b"a", 0).unwrap(), None);
     }
 
     #[test]
