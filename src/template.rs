@@ -115,6 +115,14 @@ impl TemplateId {
     pub fn as_str(&self) -> &str {
         &self.name
     }
+
+    /// The text, for a template that is a literal.
+    pub fn literal(&self) -> Option<&str> {
+        if self.then.is_some() {
+            return None;
+        }
+        self.literal.as_deref()
+    }
 }
 
 /// Every template of one config snapshot.

@@ -91,9 +91,15 @@ pub async fn run(
     let make = || run.context();
     let ctx = LazyContext::new(&make);
     let templates = &run.snapshot.templates;
-    let url = match templates.render_lazy(&action.url, &ctx) {
-        Ok(u) => u,
-        Err(e) => return Outcome::fail(e.to_string()).into(),
+    let url = match &action.parsed_url {
+        Some(url) => url.clone(),
+        None => match templates.render_lazy(&action.url, &ctx) {
+            Ok(u) => match reqwest::Url::parse(&u) {
+                Ok(url) => url,
+                Err(e) => return Outcome::fail(format!("cannot build request to {u}: {e}")).into(),
+            },
+            Err(e) => return Outcome::fail(e.to_string()).into(),
+        },
     };
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -132,7 +138,7 @@ pub async fn run(
         None => run.callback.raw.clone(),
     };
     let request = http
-        .request(action.method.clone(), &url)
+        .request(action.method.clone(), url.clone())
         .headers(headers)
         .body(body)
         .timeout(timeout);
@@ -173,7 +179,7 @@ pub async fn run(
     };
     let output =
         (!body.is_empty()).then(|| format!("{status}: {}", String::from_utf8_lossy(&body)));
-    let outcome = classify(status, retry_after, &url, body);
+    let outcome = classify(status, retry_after, url.as_str(), body);
     Report { outcome, output }
 }
 

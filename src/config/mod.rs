@@ -246,6 +246,8 @@ pub struct CommandAction {
 #[derive(Debug)]
 pub struct ForwardAction {
     pub url: TemplateId,
+    /// The URL parsed once at load, when it is a literal (no template in it).
+    pub parsed_url: Option<reqwest::Url>,
     pub method: reqwest::Method,
     pub headers: Vec<(reqwest::header::HeaderName, TemplateId)>,
     pub body: Option<TemplateId>,

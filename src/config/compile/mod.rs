@@ -355,6 +355,32 @@ command = ["true"]
     }
 
     #[test]
+    fn literal_forward_urls_are_parsed_once_at_load() {
+        let text = r#"
+[verify]
+secrets = ["s"]
+[[rule]]
+name = "literal"
+events = ["*"]
+forward = "https://crm.example.com/zego?x=1"
+[[rule]]
+name = "templated"
+events = ["*"]
+forward = "https://crm.example.com/{{ call_id }}"
+"#;
+        let s = load_str(Path::new("/tmp/x.toml"), text).unwrap();
+        let parsed = |i: usize| match &s.rules[i].action {
+            Action::Forward(f) => f.parsed_url.as_ref().map(|u| u.as_str().to_string()),
+            _ => panic!("a forward rule"),
+        };
+        assert_eq!(
+            parsed(0).as_deref(),
+            Some("https://crm.example.com/zego?x=1")
+        );
+        assert_eq!(parsed(1), None);
+    }
+
+    #[test]
     fn forward_urls_whose_encoding_would_surprise_are_warned_about() {
         let rule = |url: &str| {
             format!("[[rule]]\nname = \"f\"\nevents = [\"call_timeout\"]\nforward = \"{url}\"\n")

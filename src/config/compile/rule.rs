@@ -401,8 +401,12 @@ impl<'x> RuleCompiler<'x, '_> {
         let headers = self.headers();
         let body = self.body();
         url.map(|url| {
+            let parsed_url = url
+                .literal()
+                .and_then(|text| reqwest::Url::parse(text).ok());
             Action::Forward(ForwardAction {
                 url,
+                parsed_url,
                 method,
                 headers,
                 body,
