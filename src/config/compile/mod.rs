@@ -355,6 +355,27 @@ command = ["true"]
     }
 
     #[test]
+    fn a_store_in_the_watched_config_folder_is_warned_about() {
+        for (path, warned) in [
+            ("zimhook.redb", true),
+            ("./zimhook.redb", true),
+            ("/tmp/zimhook.redb", true),
+            ("data/zimhook.redb", false),
+            ("/var/lib/zimhook/zimhook.redb", false),
+        ] {
+            let w = warnings(&format!("[store]\npath = \"{path}\"\n"));
+            let found = w.iter().any(|d| d.message.contains("config file's folder"));
+            assert_eq!(found, warned, "{path}: {w:?}");
+            if warned {
+                assert_eq!(at(&w[0]), (4, 8), "{path}");
+            }
+        }
+        // The memory store writes no file.
+        let w = warnings("[store]\nkind = \"memory\"\npath = \"zimhook.redb\"\n");
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
     fn literal_forward_urls_are_parsed_once_at_load() {
         let text = r#"
 [verify]

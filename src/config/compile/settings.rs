@@ -199,8 +199,30 @@ fn admin_settings(c: &mut Checker, a: &RawAdmin) -> Option<AdminSettings> {
 }
 
 fn store_settings(c: &mut Checker, raw: &RawConfig) -> StoreSettings {
+    let kind = store_kind(c, raw);
+    if kind == StoreKind::Redb
+        && let Some(p) = &raw.store.path
+    {
+        let folder = |p: &std::path::Path| {
+            std::path::absolute(p)
+                .ok()
+                .and_then(|a| a.parent().map(std::path::Path::to_path_buf))
+        };
+        let config_folder = folder(c.file);
+        if config_folder.is_some() && folder(&c.path(p.get_ref())) == config_folder {
+            c.warn(
+                p.span(),
+                format!(
+                    "store.path {:?} is in the config file's folder, which zimhook watches for \
+                     edits: every store write wakes the watcher (about a tenth of the CPU under \
+                     load). Put the store in a folder of its own, e.g. \"data/zimhook.redb\"",
+                    p.get_ref()
+                ),
+            );
+        }
+    }
     StoreSettings {
-        kind: store_kind(c, raw),
+        kind,
         path: c.path(
             raw.store
                 .path
