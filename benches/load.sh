@@ -304,8 +304,9 @@ fi
 # the request's own work. The fdatasync is measured here, in the stores' folder, right before and
 # right after (d) (this disk's sync time drifts with what else the machine does), two ways: 4 KiB
 # written in place into a file that does not grow (what a redb commit does: a few 4 KiB pwrites,
-# then one fdatasync, the file's size almost always unchanged; the target is against the mean of
-# the two in-place figures), and 4 KiB appended (the file grows: the journal commits its size).
+# then one fdatasync, the file's size almost always unchanged), and 4 KiB appended (the file
+# grows: the journal commits its size too). The target is against the faster of the two in-place
+# figures: a probe that happens to catch the disk in a slow spell must not make (d) pass.
 fdatasync_probe() { # -> "IN_PLACE_MS APPENDED_MS", medians of 200
   python3 - "$work" <<'PY'
 import os, statistics, sys
@@ -385,12 +386,12 @@ echo "answered during the load, per second of load. queue end: zimhook_queue_dep
 if [ -n "$webhook_note" ]; then echo "$webhook_note"; fi
 
 d_ms=$(to_ms "$d_p50")
-sync_ms=$(awk -v a="$sync_before" -v b="$sync_after" 'BEGIN {printf "%.3f", (a + b) / 2}')
+sync_ms=$(awk -v a="$sync_before" -v b="$sync_after" 'BEGIN {printf "%.3f", (a < b) ? a : b}')
 verdict=$(awk -v p="$d_ms" -v f="$sync_ms" 'BEGIN {print (p <= f + 0.1) ? "PASS" : "FAIL"}')
 printf '\n(d) p50 %s ms. fdatasync of 4 KiB in the stores'"'"' folder (%s), median of 200:\n' "$d_ms" "$work"
 printf '  written in place %s ms before (d), %s ms after; appended %s ms before, %s ms after\n' \
   "$sync_before" "$sync_after" "$append_before" "$append_after"
-printf '  target: p50 <= fdatasync (in place, mean %s ms) + 0.1 ms = %s ms: %s\n' \
+printf '  target: p50 <= fdatasync (in place, the faster: %s ms) + 0.1 ms = %s ms: %s\n' \
   "$sync_ms" "$(awk -v f="$sync_ms" 'BEGIN {printf "%.3f", f + 0.1}')" "$verdict"
 
 if [ "$LONG" = 1 ]; then
