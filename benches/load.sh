@@ -150,7 +150,7 @@ to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; u = substr(v, length(v) - 1);
 # load URL BODIES THREADS CONNECTIONS SECONDS [ADMIN_SOCKET]: one wrk run. Sets rps p50 p99
 # errors; done_count, the requests the forward target answered while the load
 # ran; and depth, zimhook_queue_depth when it stopped (with ADMIN_SOCKET; else "-"). Both are
-# sampled when wrk says "Running" (its bodies are loaded then and its clock starts) and SECONDS
+# sampled when wrk says "Running" (its clock starts then) and SECONDS
 # later, so deliveries drained after the load are not counted. wrapped=1 if the bodies ran out.
 load() {
   local url=$1 bodies=$2 t=$3 c=$4 secs=$5 socket=${6:-} out=$work/wrk.out wrk_pid before after m
