@@ -47,6 +47,9 @@ CEILING=$PWD/target/release/examples/ceiling
 MODERATE=$PWD/plugins/target/wasm32-wasip2/release/moderate.wasm
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 work=$(mktemp -d)
+# The configs in a folder of their own: zimhook watches its config's folder, and a store, log or
+# socket there would wake the watcher on every write.
+mkdir "$work/conf"
 pids=()
 cleanup() {
   local p
@@ -271,8 +274,8 @@ start_zimhook() {
   exit 1
 }
 
-zimhook_config "$work/b0.toml" redb b0 ""
-start_zimhook b0 "$work/b0.toml"
+zimhook_config "$work/conf/b0.toml" redb b0 ""
+start_zimhook b0 "$work/conf/b0.toml"
 run "(b0) zimhook: verified, no rules, durable" "http://127.0.0.1:$ZIMHOOK_PORT/callback" "$work/calls.txt" "$pid" "$work/b0.sock"
 stop "$pid"
 
@@ -281,8 +284,8 @@ name = \"crm\"
 events = [\"call_*\"]
 forward = \"http://127.0.0.1:$TARGET_PORT/zego\""
 for kind in redb memory; do
-  zimhook_config "$work/b-$kind.toml" "$kind" "b-$kind" "$FORWARD"
-  start_zimhook "b-$kind" "$work/b-$kind.toml"
+  zimhook_config "$work/conf/b-$kind.toml" "$kind" "b-$kind" "$FORWARD"
+  start_zimhook "b-$kind" "$work/conf/b-$kind.toml"
   label="(b) zimhook: queued forward, durable"
   [ "$kind" = redb ] || label="(b') zimhook: queued forward, memory"
   run "$label" "http://127.0.0.1:$ZIMHOOK_PORT/callback" "$work/calls.txt" "$pid" "$work/b-$kind.sock" queued
@@ -290,14 +293,14 @@ for kind in redb memory; do
 done
 
 if [ "$have_plugin" = 1 ]; then
-  zimhook_config "$work/c.toml" redb c "[[rule]]
+  zimhook_config "$work/conf/c.toml" redb c "[[rule]]
 name = \"moderate\"
 events = [\"before_send_msg\"]
 plugin = \"$MODERATE\"
 sync = true
 fallback = '{\"result\": 1}'
 config = { banned = [\"spam\"] }"
-  start_zimhook c "$work/c.toml"
+  start_zimhook c "$work/conf/c.toml"
   run "(c) zimhook: sync plugin (before_send_msg)" "http://127.0.0.1:$ZIMHOOK_PORT/callback" "$work/msgs.txt" "$pid" "$work/c.sock"
   stop "$pid"
 fi
@@ -336,8 +339,8 @@ print(f"{median_ms(True):.3f} {median_ms(False):.3f}")
 PY
 }
 ONE=1 run "(a1) ceiling: bare hyper, 1 connection" "http://127.0.0.1:$CEIL_PORT/callback" "$work/calls.txt" "$ceiling_pid"
-zimhook_config "$work/d.toml" redb d ""
-start_zimhook d "$work/d.toml"
+zimhook_config "$work/conf/d.toml" redb d ""
+start_zimhook d "$work/conf/d.toml"
 read -r sync_before append_before <<<"$(fdatasync_probe)"
 ONE=1 run "(d) zimhook: no rules, durable, 1 connection" "http://127.0.0.1:$ZIMHOOK_PORT/callback" "$work/calls.txt" "$pid" "$work/d.sock"
 d_p50=$p50
@@ -349,8 +352,8 @@ stop "$pid"
 # half second between two runs, while wrk reads its bodies, is in no slice.
 long_lines=()
 if [ "$LONG" = 1 ]; then
-  zimhook_config "$work/L.toml" redb L "$FORWARD"
-  start_zimhook L "$work/L.toml"
+  zimhook_config "$work/conf/L.toml" redb L "$FORWARD"
+  start_zimhook L "$work/conf/L.toml"
   echo "running (L) zimhook: queued forward, durable, 60 s" >&2
   first_rps="" last_rps="" first_done="" last_done=""
   for slice in 1 2 3 4 5 6; do
