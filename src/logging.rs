@@ -22,6 +22,9 @@ pub enum LogFormat {
 /// the callbacks down.
 pub const BUFFERED_LINES: usize = 16_384;
 
+/// The buffers `log.buffer_lines` may ask for.
+pub const BUFFER_LINES: std::ops::RangeInclusive<usize> = 1..=1_000_000;
+
 static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
 
 /// Flushes the lines still buffered when dropped: hold it until the daemon has stopped.

@@ -225,7 +225,7 @@ fn init_logging(format: LogFormat, config: &std::path::Path) -> logging::LogGuar
         .get("buffer_lines")
         .and_then(toml::Value::as_integer)
         .and_then(|n| usize::try_from(n).ok())
-        .filter(|n| (1..=1_000_000).contains(n))
+        .filter(|n| logging::BUFFER_LINES.contains(n))
         .unwrap_or(logging::BUFFERED_LINES);
     let format = match format {
         LogFormat::Text => logging::LogFormat::Text,

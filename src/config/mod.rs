@@ -78,7 +78,6 @@ pub struct Snapshot {
     pub verify: VerifySettings,
     pub store: StoreSettings,
     pub plugins: PluginSettings,
-    pub log_level: Option<String>,
     pub rules: Vec<Arc<Rule>>,
     pub templates: Templates,
     /// The plugins the rules name, compiled (filled by [`Snapshot::compile_plugins`]).

@@ -189,7 +189,6 @@ fn finish(
         verify,
         store,
         plugins,
-        log_level,
     } = settings;
     Ok(Snapshot {
         path: c.file.to_path_buf(),
@@ -199,7 +198,6 @@ fn finish(
         verify,
         store,
         plugins,
-        log_level,
         rules,
         templates,
         compiled: Default::default(),

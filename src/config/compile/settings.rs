@@ -42,28 +42,23 @@ pub(super) struct Settings {
     pub verify: VerifySettings,
     pub store: StoreSettings,
     pub plugins: PluginSettings,
-    pub log_level: Option<String>,
 }
 
 /// Reads every settings table but `[defaults]`, in this order.
 pub(super) fn settings(c: &mut Checker, raw: &RawConfig) -> Settings {
-    let server = server_settings(c, raw);
-    let admin = raw
-        .admin
-        .as_ref()
-        .and_then(|a| admin_settings(c, a.get_ref()));
-    let verify = verify_settings(c, raw);
-    let store = store_settings(c, raw);
-    let plugins = plugin_settings(c, raw);
-    let log_level = log_level(c, raw);
-    Settings {
-        server,
-        admin,
-        verify,
-        store,
-        plugins,
-        log_level,
-    }
+    // A struct expression evaluates its fields in the order written.
+    let settings = Settings {
+        server: server_settings(c, raw),
+        admin: raw
+            .admin
+            .as_ref()
+            .and_then(|a| admin_settings(c, a.get_ref())),
+        verify: verify_settings(c, raw),
+        store: store_settings(c, raw),
+        plugins: plugin_settings(c, raw),
+    };
+    check_log(c, raw);
+    settings
 }
 
 /// What a rule falls back on where it says nothing: `[defaults]`, and `plugins.timeout` for a
@@ -260,8 +255,9 @@ fn plugin_settings(c: &mut Checker, raw: &RawConfig) -> PluginSettings {
     }
 }
 
-fn log_level(c: &mut Checker, raw: &RawConfig) -> Option<String> {
-    let log_level = raw.log.level.as_ref().map(|l| l.get_ref().clone());
+/// `[log]`: read by `zimhook run` before the config is loaded (the log starts first), checked
+/// here.
+fn check_log(c: &mut Checker, raw: &RawConfig) {
     if let Some(level) = &raw.log.level
         && level
             .get_ref()
@@ -273,19 +269,20 @@ fn log_level(c: &mut Checker, raw: &RawConfig) -> Option<String> {
             format!("log.level {:?} is not a level or filter", level.get_ref()),
         );
     }
-    // Read before the config is loaded (the log starts first); checked here.
+    let range = crate::logging::BUFFER_LINES;
     if let Some(lines) = &raw.log.buffer_lines
-        && !(1..=1_000_000).contains(lines.get_ref())
+        && !usize::try_from(*lines.get_ref()).is_ok_and(|n| range.contains(&n))
     {
         c.error(
             lines.span(),
             format!(
-                "log.buffer_lines is {}: give 1 to 1000000 lines",
-                lines.get_ref()
+                "log.buffer_lines is {}: give {} to {} lines",
+                lines.get_ref(),
+                range.start(),
+                range.end()
             ),
         );
     }
-    log_level
 }
 
 fn store_kind(c: &mut Checker, raw: &RawConfig) -> StoreKind {
