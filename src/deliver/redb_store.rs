@@ -106,7 +106,6 @@ impl Recent {
     fn purge(&self, now_ms: u64) {
         let mut keys = self.keys.lock().expect("replay index lock");
         keys.retain(|_, &mut expires| expires > now_ms);
-        keys.shrink_to_fit();
     }
 
     fn len(&self) -> usize {
