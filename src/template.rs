@@ -116,11 +116,8 @@ impl TemplateId {
         &self.name
     }
 
-    /// The text, for a template that is a literal.
+    /// The text, for a template that is a literal (it then renders to exactly this).
     pub fn literal(&self) -> Option<&str> {
-        if self.then.is_some() {
-            return None;
-        }
         self.literal.as_deref()
     }
 }
@@ -261,7 +258,7 @@ impl Templates {
 
     /// Renders with a context that is built only if `id` is not a literal.
     pub fn render_lazy(&self, id: &TemplateId, ctx: &LazyContext) -> Result<String, TemplateError> {
-        match &id.literal {
+        match id.literal() {
             Some(literal) => Ok(literal.to_string()),
             None => self.render(id, ctx.get()),
         }

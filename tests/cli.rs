@@ -43,6 +43,16 @@ fn check_accepts_a_valid_config() {
 }
 
 #[test]
+fn check_refuses_a_log_buffer_out_of_range() {
+    let (code, _, err) = check(&format!("[log]\nbuffer_lines = 0\n{GOOD}"));
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("log.buffer_lines is 0: give 1 to 1000000 lines"),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_refuses_a_typo_in_a_key_with_its_position() {
     let (code, _, err) = check(&GOOD.replace("events =", "evnets ="));
     assert_eq!(code, 78);

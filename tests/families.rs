@@ -142,9 +142,8 @@ impl Family {
 
     /// Fresh nonce and timestamp under the family's names, keeping each field's JSON type (and a
     /// millisecond timestamp in milliseconds), then the signature over them.
-    fn sign(&self, mut body: Map<String, Value>) -> Map<String, Value> {
-        let nonce = (1_000_000_000_000_000_000 + rand::random::<u64>() % 9_000_000_000_000_000_000)
-            .to_string();
+    fn sign(&self, body: Map<String, Value>) -> Map<String, Value> {
+        let nonce = fresh_nonce();
         let old_ts = zimhook::receive::literal_text(&body[self.timestamp]).unwrap();
         let ts = if old_ts.len() > 10 {
             (now_secs() * 1000 + 123).to_string()
@@ -157,12 +156,22 @@ impl Family {
         };
         let ts_value = typed(&body[self.timestamp], &ts);
         let nonce_value = typed(&body[self.nonce], &nonce);
-        body.insert(self.timestamp.into(), ts_value);
-        body.insert(self.nonce.into(), nonce_value);
-        body.insert(
-            self.signature.into(),
-            Value::String(zimhook::verify::signature(SECRET, &ts, &nonce)),
-        );
+        self.sign_with(body, nonce_value, ts_value)
+    }
+
+    /// Puts `nonce` and `timestamp` under the family's names, as given (a number stays a
+    /// number), and the signature over their literal text.
+    fn sign_with(
+        &self,
+        mut body: Map<String, Value>,
+        nonce: Value,
+        timestamp: Value,
+    ) -> Map<String, Value> {
+        let text = |v: &Value| zimhook::receive::literal_text(v).unwrap();
+        let signature = zimhook::verify::signature(SECRET, &text(&timestamp), &text(&nonce));
+        body.insert(self.timestamp.into(), timestamp);
+        body.insert(self.nonce.into(), nonce);
+        body.insert(self.signature.into(), Value::String(signature));
         body
     }
 
@@ -327,30 +336,13 @@ async fn a_signature_one_digit_off_is_refused_for_every_family() {
     assert_eq!(target.count(), 0);
 }
 
-/// Signs `body` with fresh values in the fields the family calls `nonce` and `timestamp`,
-/// writing them as `nonce` and `ts` (literal JSON, so a number stays a number).
-fn signed_as(
-    mut body: Map<String, Value>,
-    (nonce_field, nonce): (&str, &str),
-    (ts_field, ts): (&str, &str),
-    sig_field: &str,
-) -> String {
-    let text = |json: &str| zimhook::receive::literal_text(&serde_json::from_str(json).unwrap());
-    body.insert(nonce_field.into(), serde_json::from_str(nonce).unwrap());
-    body.insert(ts_field.into(), serde_json::from_str(ts).unwrap());
-    body.insert(
-        sig_field.into(),
-        Value::String(zimhook::verify::signature(
-            SECRET,
-            &text(ts).unwrap(),
-            &text(nonce).unwrap(),
-        )),
-    );
-    to_body(&body)
+fn family(dir: &str) -> &'static Family {
+    FAMILIES.iter().find(|f| f.dir == dir).unwrap()
 }
 
+/// A random 19-digit nonce.
 fn fresh_nonce() -> String {
-    (1_000_000_000_000_000_000 + rand::random::<u64>() % 8_000_000_000_000_000_000).to_string()
+    (1_000_000_000_000_000_000 + rand::random::<u64>() % 9_000_000_000_000_000_000).to_string()
 }
 
 /// The documented quirks, end to end: each body is accepted, and the rule on its event gets
@@ -392,93 +384,54 @@ async fn documented_envelope_quirks_are_accepted_and_routed() {
     let mut appid_as_text = fixture("ai_agent/LLMResult.json");
     appid_as_text.insert("AppId".into(), Value::from("1234567"));
     let transcode = fixture("rtc_transcoding/transcode_start.json");
-    let q = |s: String| format!("\"{s}\"");
+    let (cloud, agent, transcoding) = (
+        family("cloud_recording"),
+        family("ai_agent"),
+        family("rtc_transcoding"),
+    );
+    let fresh = |f: &Family, body: Map<String, Value>| to_body(&f.sign(body));
     let cases: Vec<(&str, String, &str)> = vec![
         // Cloud Recording's timestamp is a string; a number is taken too.
         (
             "string timestamp",
-            signed_as(
-                recording.clone(),
-                ("nonce", &q(fresh_nonce())),
-                ("timestamp", &q(now.to_string())),
-                "signature",
-            ),
+            fresh(cloud, recording.clone()),
             "/recording",
         ),
         (
             "number timestamp",
-            signed_as(
-                recording,
-                ("nonce", &q(fresh_nonce())),
-                ("timestamp", &now.to_string()),
-                "signature",
-            ),
+            to_body(&cloud.sign_with(recording, fresh_nonce().into(), now.into())),
             "/recording",
         ),
         // AppId a number (as documented) or a string; ms timestamps; 19-digit nonces, as a
         // string and as a number beyond i64.
         (
             "numeric AppId, 19-digit nonce",
-            signed_as(
-                agent_status.clone(),
-                ("Nonce", &q(fresh_nonce())),
-                ("Timestamp", &ms.to_string()),
-                "Signature",
-            ),
+            fresh(agent, agent_status.clone()),
             "/status",
         ),
         (
             "nonce as a number beyond i64",
-            signed_as(
+            to_body(&agent.sign_with(
                 agent_status,
-                ("Nonce", "9223372036854775809"),
-                ("Timestamp", &(ms + 1).to_string()),
-                "Signature",
-            ),
+                serde_json::from_str("9223372036854775809").unwrap(),
+                (ms + 1).into(),
+            )),
             "/status",
         ),
-        (
-            "AppId as text",
-            signed_as(
-                appid_as_text,
-                ("Nonce", &q(fresh_nonce())),
-                ("Timestamp", &ms.to_string()),
-                "Signature",
-            ),
-            "/llm",
-        ),
+        ("AppId as text", fresh(agent, appid_as_text), "/llm"),
         // The status event spelled as the docs' sample spells it reaches the status rule; the
         // deprecated speak action reaches its own.
         (
             "status spelled AgentSpeakAction",
-            signed_as(
-                status_as_speak,
-                ("Nonce", &q(fresh_nonce())),
-                ("Timestamp", &ms.to_string()),
-                "Signature",
-            ),
+            fresh(agent, status_as_speak),
             "/status",
         ),
         (
             "AgentSpeakAction",
-            signed_as(
-                fixture("ai_agent/AgentSpeakAction.json"),
-                ("Nonce", &q(fresh_nonce())),
-                ("Timestamp", &ms.to_string()),
-                "Signature",
-            ),
+            fresh(agent, fixture("ai_agent/AgentSpeakAction.json")),
             "/speak",
         ),
-        (
-            "Appid",
-            signed_as(
-                transcode.clone(),
-                ("Nonce", &q(fresh_nonce())),
-                ("Timestamp", &q(now.to_string())),
-                "Signature",
-            ),
-            "/transcode",
-        ),
+        ("Appid", fresh(transcoding, transcode.clone()), "/transcode"),
     ];
     for (what, body, _) in &cases {
         let r = http.post(&url).body(body.clone()).send().await.unwrap();
@@ -521,12 +474,7 @@ async fn documented_envelope_quirks_are_accepted_and_routed() {
     let mut wrong_case = transcode;
     let appid = wrong_case.remove("Appid").unwrap();
     wrong_case.insert("APPID".into(), appid);
-    let body = signed_as(
-        wrong_case,
-        ("Nonce", &q(fresh_nonce())),
-        ("Timestamp", &q(now.to_string())),
-        "Signature",
-    );
+    let body = fresh(transcoding, wrong_case);
     let r = http.post(&url).body(body).send().await.unwrap();
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
@@ -574,12 +522,11 @@ forward = "{url}"
     second["file_id"] = Value::from("second.mp4");
     second["file_size"] = Value::from("2048"); // a number sent as text
     body["detail"]["file_info"] = Value::Array(vec![files[0].clone(), small, second]);
-    let text = signed_as(
-        body,
-        ("nonce", &format!("\"{}\"", fresh_nonce())),
-        ("timestamp", &format!("\"{}\"", now_secs())),
-        "signature",
-    );
+    let cloud = FAMILIES
+        .iter()
+        .find(|f| f.dir == "cloud_recording")
+        .unwrap();
+    let text = to_body(&cloud.sign(body));
     let (status, reply) = post(&url, text).await;
     assert_eq!(
         (status, reply.as_str()),

@@ -240,20 +240,3 @@ async fn a_stalled_log_reader_does_not_hold_callbacks_up() {
     }
     drop(stalled);
 }
-
-#[test]
-fn check_refuses_a_log_buffer_out_of_range() {
-    let dir = tempfile::tempdir().unwrap();
-    let (config, _) = write_config(dir.path(), "", "[log]\nbuffer_lines = 0\n");
-    let out = Command::new(BIN)
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{err}");
-    assert!(
-        err.contains("log.buffer_lines is 0: give 1 to 1000000 lines"),
-        "{err}"
-    );
-}

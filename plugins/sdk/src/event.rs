@@ -319,18 +319,21 @@ mod percent {
     }
 }
 
+/// An event named `name` with `payload`, for the SDK's tests.
+#[cfg(test)]
+pub(crate) fn test_event(name: &str, payload: &str) -> Event {
+    Event {
+        name: name.into(),
+        appid: "1".into(),
+        payload: payload.into(),
+        config: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn event(name: &str, payload: &str) -> Event {
-        Event {
-            name: name.into(),
-            appid: "1".into(),
-            payload: payload.into(),
-            config: String::new(),
-        }
-    }
+    use test_event as event;
 
     #[test]
     fn before_send_msg_accepts_numbers_and_strings() {

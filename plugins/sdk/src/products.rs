@@ -284,16 +284,7 @@ pub struct AgentLatency {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Event;
-
-    fn event(name: &str, payload: &str) -> Event {
-        Event {
-            name: name.into(),
-            appid: "1".into(),
-            payload: payload.into(),
-            config: String::new(),
-        }
-    }
+    use crate::event::test_event as event;
 
     /// A fixture of the main repository's `tests/fixtures`.
     fn fixture(path: &str) -> String {
